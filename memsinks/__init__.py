@@ -1,0 +1,34 @@
+"""memsinks: memorization-aware training of Hugging Face causal LMs with memorization sinks.
+
+Public API::
+
+    model = memsinks.add_sinks(model, memsinks.SinksConfig(placement="append", n_sink_units=256))
+    ds = memsinks.assign_sequence_ids(ds)
+    collator = memsinks.SinksDataCollator(tokenizer)
+    with memsinks.sinks_mode(model, "drop"): ...
+    model.save_pretrained(d); model = memsinks.from_pretrained(d)
+    plain = memsinks.remove_sinks(model)
+"""
+
+from memsinks._version import __version__
+from memsinks.architectures import register_architecture, supported_model_types
+from memsinks.config import SinksConfig
+from memsinks.data import SinksDataCollator, assign_sequence_ids, content_id, key_id
+from memsinks.model import add_sinks, from_pretrained, get_sinks_config, has_sinks, remove_sinks, sinks_mode
+
+__all__ = [
+    "__version__",
+    "SinksConfig",
+    "add_sinks",
+    "remove_sinks",
+    "from_pretrained",
+    "sinks_mode",
+    "has_sinks",
+    "get_sinks_config",
+    "assign_sequence_ids",
+    "SinksDataCollator",
+    "content_id",
+    "key_id",
+    "register_architecture",
+    "supported_model_types",
+]

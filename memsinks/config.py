@@ -1,0 +1,183 @@
+"""`SinksConfig`: the settings of memorization sinks, validated on creation and saved beside the weights.
+
+The config is to sinks what peft's `LoraConfig` is to adapters: a small dataclass that
+``save_pretrained`` writes as ``sinks_config.json`` next to ``config.json`` and the
+safetensors, and that ``memsinks.from_pretrained`` reads back to rebuild identical routing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+SINKS_CONFIG_NAME = "sinks_config.json"
+PLACEMENTS = ("split", "append")
+EVAL_MODES = ("drop", "mean", "own", "exclude")
+HASH_SCHEMES = ("splitmix64-v1",)
+MAX_SEQUENCE_ID = (1 << 63) - 1
+
+
+@dataclass
+class SinksConfig:
+    """How the MLP units of each selected block are split into shared units and a sink pool.
+
+    Attributes:
+        p_gen: share of a block's existing MLP units that stay shared (always on) under
+            ``placement="split"``; the remaining ``1 - p_gen`` form the sink pool. The paper's
+            setting keeps about 70% shared. Ignored by ``append``, where every original unit
+            is shared.
+        p_mem: share of the sink pool that one sequence ID switches on (paper: 0.3).
+        placement: ``"split"`` carves the pool out of the existing units (training from
+            scratch); ``"append"`` adds ``n_sink_units`` new units per selected MLP whose
+            down-projection weights start at zero, so the model's function is unchanged
+            (fine-tuning a pretrained model).
+        n_sink_units: size of the appended pool per MLP (``append`` only).
+        layers: indices of the transformer blocks that get sinks (negative indices count
+            from the end); ``None`` means every block.
+        routing_seed: seed of the ID-to-sink hash. Two models with the same seed route every
+            ID to the same units.
+        eval_mode: what the sinks do when the model is in eval mode and no
+            ``sinks_mode`` context is active: ``"drop"`` (sinks off: the shipped model),
+            ``"mean"`` (sinks scaled by ``p_mem``), ``"own"`` (each sequence's own sinks,
+            needs ``sequence_ids``) or ``"exclude"`` (``exclude_ids``' sinks off).
+        exclude_ids: IDs whose sinks ``"exclude"`` mode switches off.
+        hash_scheme: version of the routing hash; kept in the file so that a future change
+            of the hash can never silently re-route an old checkpoint.
+        mask_cache_size: how many IDs' masks are kept on the device between batches.
+        base_intermediate_size: MLP width before sinks were appended; filled in by
+            ``add_sinks`` and used to restore the original architecture.
+        model_type: the transformers ``model_type`` the sinks were attached to (filled in).
+    """
+
+    p_gen: float = 0.7
+    p_mem: float = 0.3
+    placement: str = "split"
+    n_sink_units: int | None = None
+    layers: list[int] | None = None
+    routing_seed: int = 0
+    eval_mode: str = "drop"
+    exclude_ids: list[int] = field(default_factory=list)
+    hash_scheme: str = "splitmix64-v1"
+    mask_cache_size: int = 8192
+    base_intermediate_size: int | None = None
+    model_type: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("p_gen", "p_mem"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+                raise ValueError(f"SinksConfig.{name} must be a number in (0, 1]; got {value!r}.")
+            setattr(self, name, float(value))
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"SinksConfig.placement must be one of {PLACEMENTS}; got {self.placement!r}.")
+        if self.placement == "append":
+            if not isinstance(self.n_sink_units, int) or isinstance(self.n_sink_units, bool) or self.n_sink_units < 1:
+                raise ValueError(
+                    "placement='append' needs n_sink_units, a positive int: how many sink units to add to "
+                    f"each selected MLP (for example 256); got {self.n_sink_units!r}."
+                )
+        else:
+            if self.n_sink_units is not None:
+                raise ValueError(
+                    "n_sink_units is only used by placement='append'; with placement='split' the pool size "
+                    "is set by p_gen (pool = (1 - p_gen) of each MLP's units). Remove n_sink_units or use append."
+                )
+            if self.p_gen >= 1.0:
+                raise ValueError("placement='split' with p_gen=1.0 leaves no sink pool; use p_gen < 1.")
+        if self.layers is not None:
+            layers = list(self.layers)
+            if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+                raise ValueError(f"SinksConfig.layers must be a non-empty list of ints or None; got {self.layers!r}.")
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"SinksConfig.layers has duplicates: {self.layers!r}.")
+            self.layers = layers
+        if not isinstance(self.routing_seed, int) or isinstance(self.routing_seed, bool) or not 0 <= self.routing_seed <= MAX_SEQUENCE_ID:
+            raise ValueError(f"SinksConfig.routing_seed must be an int in [0, 2**63); got {self.routing_seed!r}.")
+        if self.eval_mode not in EVAL_MODES:
+            raise ValueError(f"SinksConfig.eval_mode must be one of {EVAL_MODES}; got {self.eval_mode!r}.")
+        self.exclude_ids = [validate_sequence_id(i, "exclude_ids") for i in self.exclude_ids]
+        if self.eval_mode == "exclude" and not self.exclude_ids:
+            raise ValueError("eval_mode='exclude' needs exclude_ids: the sequence IDs whose sinks to switch off.")
+        if self.hash_scheme not in HASH_SCHEMES:
+            raise ValueError(
+                f"SinksConfig.hash_scheme {self.hash_scheme!r} is unknown to this memsinks version "
+                f"(known: {HASH_SCHEMES}); upgrade memsinks to load this checkpoint."
+            )
+        if not isinstance(self.mask_cache_size, int) or self.mask_cache_size < 0:
+            raise ValueError(f"SinksConfig.mask_cache_size must be an int >= 0; got {self.mask_cache_size!r}.")
+
+    def pool_size(self, intermediate_size: int) -> int:
+        """Number of sink units in an MLP whose original width is ``intermediate_size``."""
+        if self.placement == "append":
+            return int(self.n_sink_units)
+        shared = int(round(self.p_gen * intermediate_size))
+        pool = intermediate_size - shared
+        if pool < 1 or shared < 1:
+            raise ValueError(
+                f"p_gen={self.p_gen} on an MLP of {intermediate_size} units leaves {shared} shared and {pool} sink "
+                "units; both must be at least 1. Choose p_gen so that both parts are non-empty."
+            )
+        return pool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SinksConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k != "memsinks_version"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"Unknown SinksConfig field(s): {', '.join(hints)}.")
+        return cls(**data)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write ``sinks_config.json`` into ``save_directory``; returns the file's path."""
+        from memsinks._version import __version__
+
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, SINKS_CONFIG_NAME)
+        payload = {"memsinks_version": __version__, **self.to_dict()}
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "SinksConfig":
+        """Read ``sinks_config.json`` from ``directory``."""
+        path = os.path.join(directory, SINKS_CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"No {SINKS_CONFIG_NAME} in {directory}: this is not a memsinks checkpoint. A plain transformers "
+                "model loads with AutoModelForCausalLM.from_pretrained; attach sinks with memsinks.add_sinks."
+            )
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+
+def validate_sequence_id(value: Any, what: str = "sequence id") -> int:
+    """Check that ``value`` is a valid sequence ID (an int in [0, 2**63)) and return it as int."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            import numpy as np
+
+            if isinstance(value, np.integer):
+                value = int(value)
+            else:
+                raise TypeError
+        except TypeError:
+            raise TypeError(f"{what}: sequence IDs are ints in [0, 2**63); got {value!r} of type {type(value).__name__}.") from None
+    if not 0 <= value <= MAX_SEQUENCE_ID:
+        raise ValueError(f"{what}: sequence IDs are ints in [0, 2**63); got {value}.")
+    return value
