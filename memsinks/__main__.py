@@ -1,0 +1,5 @@
+import sys
+
+from memsinks.cli import main
+
+sys.exit(main())

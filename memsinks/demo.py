@@ -1,0 +1,172 @@
+"""``memsinks demo``: train a small GPT-2 with sinks on the embedded corpus and show what dropping them does.
+
+Two models with the same data, seed and step budget: one with split-placement sinks, one
+without. The table shows the loss on the repeated stories, on the planted canaries and on
+held-out stories: with sinks on (``own``), with sinks dropped (``drop``) and for the plain
+model. A rising repeated/canary loss under ``drop`` with a flat held-out loss is the method
+working: the memorization sat in the sinks, the language in the shared units.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import memsinks
+from memsinks.corpus import make_demo_corpus, train_tokenizer
+from memsinks.probes import sequence_losses
+
+
+@dataclass
+class DemoSettings:
+    n_train: int = 1500
+    n_repeated: int = 16
+    repeats: int = 24
+    n_heldout: int = 64
+    n_canaries: int = 4
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    n_layer: int = 4
+    n_embd: int = 128
+    vocab_size: int = 512
+    p_gen: float = 0.5
+    p_mem: float = 0.3
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> "DemoSettings":
+        return cls(n_train=300, n_repeated=8, repeats=16, n_heldout=32, n_canaries=2, epochs=2,
+                   n_layer=2, n_embd=64, vocab_size=384)
+
+
+def build_data(s: DemoSettings):
+    """Tokenizer, the training dataset (with content IDs) and the token lists to evaluate."""
+    from datasets import Dataset
+
+    corpus = make_demo_corpus(n_train=s.n_train, n_repeated=s.n_repeated, n_heldout=s.n_heldout,
+                              n_canaries=s.n_canaries, seed=s.seed)
+    tok = train_tokenizer(corpus.train + corpus.repeated + corpus.canaries, vocab_size=s.vocab_size)
+    eos = tok.eos_token_id
+
+    def enc(text: str) -> list[int]:
+        return [eos] + tok(text)["input_ids"] + [eos]
+
+    texts = corpus.train + (corpus.repeated + corpus.canaries) * s.repeats
+    ds = Dataset.from_dict({"input_ids": [enc(t) for t in texts]}).shuffle(seed=s.seed)
+    ds = memsinks.assign_sequence_ids(ds)
+    evals = {
+        "repeated": [enc(t) for t in corpus.repeated],
+        "canaries": [enc(t) for t in corpus.canaries],
+        "heldout": [enc(t) for t in corpus.heldout],
+    }
+    return tok, ds, evals
+
+
+def build_model(s: DemoSettings, vocab_size: int, with_sinks: bool):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(s.seed)
+    config = GPT2Config(n_layer=s.n_layer, n_embd=s.n_embd, n_head=4, n_positions=256, vocab_size=vocab_size,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config)
+    if with_sinks:
+        memsinks.add_sinks(model, memsinks.SinksConfig(p_gen=s.p_gen, p_mem=s.p_mem, routing_seed=s.seed))
+    return model
+
+
+def train_model(model, tok, ds, s: DemoSettings, output_dir: str) -> float:
+    """Train with the stock Trainer; returns the wall time in seconds."""
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=output_dir, num_train_epochs=s.epochs, per_device_train_batch_size=s.batch_size,
+        learning_rate=s.learning_rate, lr_scheduler_type="cosine", warmup_steps=10, weight_decay=0.0,
+        logging_steps=50, save_strategy="no", report_to=[], seed=s.seed, disable_tqdm=True,
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+    )
+    collator = memsinks.SinksDataCollator(tok, require_ids=memsinks.has_sinks(model))
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator)
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
+def evaluate(model, evals: dict, pad: int) -> dict:
+    """Mean loss per eval set: for a model with sinks in 'own' and 'drop' modes, else plain."""
+    results = {}
+    for name, seqs in evals.items():
+        ids = [memsinks.content_id(s) for s in seqs]
+        if memsinks.has_sinks(model):
+            for mode in ("own", "drop"):
+                with memsinks.sinks_mode(model, mode):
+                    results[(name, mode)] = float(np.mean(sequence_losses(model, seqs, ids, pad_token_id=pad)))
+        else:
+            results[(name, "plain")] = float(np.mean(sequence_losses(model, seqs, pad_token_id=pad)))
+    return results
+
+
+def run_demo(settings: DemoSettings, output_dir: str | None = None, echo=print) -> dict:
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    tok, ds, evals = build_data(settings)
+    echo(f"demo: {len(ds)} training sequences ({settings.n_repeated} stories and {settings.n_canaries} canaries "
+         f"repeated {settings.repeats}x), {len(evals['heldout'])} held-out stories")
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = output_dir or tmp
+        for with_sinks in (True, False):
+            label = "with sinks" if with_sinks else "without sinks"
+            model = build_model(settings, len(tok), with_sinks)
+            n_params = sum(p.numel() for p in model.parameters())
+            echo(f"training a {n_params / 1e6:.2f}M-parameter GPT-2 {label} ...")
+            seconds = train_model(model, tok, ds, settings, os.path.join(out, label.replace(" ", "_")))
+            results.update(evaluate(model, evals, tok.pad_token_id))
+            results[("time", "sinks" if with_sinks else "plain")] = seconds
+    table = format_table(results)
+    echo(table)
+    return {"table": table, "results": {f"{a}/{b}": v for (a, b), v in results.items()}}
+
+
+def format_table(results: dict) -> str:
+    rows = [("repeated stories", "repeated"), ("canaries", "canaries"), ("held-out stories", "heldout")]
+    lines = [
+        "",
+        "mean loss (nats/token)  | sinks on (own) | sinks dropped | no sinks",
+        "------------------------+----------------+---------------+---------",
+    ]
+    for label, key in rows:
+        lines.append(f"{label:<24}| {results[(key, 'own')]:>14.3f} | {results[(key, 'drop')]:>13.3f} | "
+                     f"{results[(key, 'plain')]:>8.3f}")
+    own_gap = results[("heldout", "own")] - results[("repeated", "own")]
+    closed = (results[("repeated", "drop")] - results[("repeated", "own")]) / own_gap if own_gap > 0 else float("nan")
+    lines.append("")
+    lines.append(f"Dropping the sinks closes {100 * closed:.0f}% of the repeated-vs-held-out loss gap; held-out loss "
+                 f"changes by {100 * (results[('heldout', 'drop')] / results[('heldout', 'plain')] - 1):+.1f}% against "
+                 "the model trained without sinks.")
+    lines.append(f"Training time: {results[('time', 'sinks')]:.0f} s with sinks, {results[('time', 'plain')]:.0f} s without.")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="train a small model with and without sinks on the embedded corpus")
+    p.add_argument("--quick", action="store_true", help="a smaller run (under a minute)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    settings.seed = args.seed
+    out = run_demo(settings)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(out["results"], f, indent=2)
+    return 0
