@@ -28,7 +28,7 @@ from memsinks.routing import LayerSpec, SinkRouter
 logger = logging.getLogger("memsinks")
 
 _ROUTER_ATTR = "_memsinks_router"
-_CONFIG_ATTR = "memsinks_config"
+SINK_WEIGHTS_NAME = "sinks.safetensors"
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -71,6 +71,7 @@ class _ForwardWithSequenceIds:
     def __init__(self, model: nn.Module, reference: nn.Module):
         self.model = model
         self.reference = reference  # a sink layer whose weight gives the masks' dtype and device
+        self.checked_trainable = False
         self.class_forward = type(model).forward
         sig = inspect.signature(self.class_forward)
         params = [p for name, p in sig.parameters.items() if name != "self"]
@@ -99,6 +100,9 @@ class _ForwardWithSequenceIds:
                 "Sinks mode 'own' needs `sequence_ids` (LongTensor of shape (B,) or (B, T)); pass them to the "
                 "forward or to generate(), or use mode 'drop' / 'mean'."
             )
+        if model.training and not self.checked_trainable:
+            self.checked_trainable = True
+            _warn_if_sinks_frozen(model)
         weight = linear_weight(self.reference.base)
         router.begin(ids, mode, exclude, weight.dtype, weight.device)
         return self.class_forward(model, *args, **kwargs)
@@ -126,6 +130,74 @@ class _SavePretrainedWithSinks:
                 )
                 self.warned = True
         return result
+
+
+def _sink_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters that make up the sinks: appended pools, or the MLPs that hold split pools."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (SinkUpProjection, SinkDownProjection)):
+            for pname, p in module.named_parameters():
+                out[f"{name}.{pname}"] = p
+    return out
+
+
+def _warn_if_sinks_frozen(model: nn.Module) -> None:
+    params = _sink_parameters(model)
+    if params and not any(p.requires_grad for p in params.values()):
+        logger.warning(
+            "Training a model whose sink units are all frozen: the sinks cannot absorb memorization. With peft, "
+            "call memsinks.add_sinks on the peft model (after get_peft_model), so the appended sink units stay "
+            "trainable next to the LoRA adapters."
+        )
+
+
+class _PeftSaveWithSinks:
+    """A peft model's ``save_pretrained``: the adapter, plus the trainable sink tensors and sinks config."""
+
+    def __init__(self, peft_model: nn.Module):
+        self.peft_model = peft_model
+
+    def __call__(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any):
+        from safetensors.torch import save_file
+
+        result = type(self.peft_model).save_pretrained(self.peft_model, save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            inner = unwrap_model(self.peft_model)
+            tensors = {k: p.detach().cpu().contiguous() for k, p in _sink_parameters(inner).items() if p.requires_grad}
+            save_file(tensors, os.path.join(save_directory, SINK_WEIGHTS_NAME))
+            get_router(inner).config.save_pretrained(save_directory)
+        return result
+
+
+class _PeftLoadAdapterWithSinks:
+    """A peft model's ``load_adapter``: the adapter, plus the sink tensors saved beside it (Trainer resume)."""
+
+    def __init__(self, peft_model: nn.Module):
+        self.peft_model = peft_model
+
+    def __call__(self, model_id: str | os.PathLike, *args: Any, **kwargs: Any):
+        result = type(self.peft_model).load_adapter(self.peft_model, model_id, *args, **kwargs)
+        path = os.path.join(os.fspath(model_id), SINK_WEIGHTS_NAME)
+        if os.path.isfile(path):
+            load_sink_weights(self.peft_model, path)
+        return result
+
+
+def load_sink_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load sink tensors saved with a peft model (``sinks.safetensors``) into ``model``'s sinks."""
+    from safetensors.torch import load_file
+
+    params = _sink_parameters(unwrap_model(model))
+    state = load_file(os.fspath(path))
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise RuntimeError(f"{path} has sink tensors this model does not: {unknown[:3]}; was it saved with the same SinksConfig?")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if params[name].shape != tensor.shape:
+                raise RuntimeError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model {tuple(params[name].shape)}.")
+            params[name].copy_(tensor)
 
 
 def _input_shape(args: tuple, kwargs: dict) -> tuple[int, ...] | None:
@@ -254,6 +326,9 @@ def add_sinks(model: nn.Module, config: SinksConfig | None = None) -> nn.Module:
     inner.__dict__[_ROUTER_ATTR] = router
     inner.forward = _ForwardWithSequenceIds(inner, getattr(getattr(blocks[layers[0]], layout.mlp), layout.down))
     inner.save_pretrained = _SavePretrainedWithSinks(inner)
+    if model is not inner and hasattr(model, "peft_config"):
+        model.save_pretrained = _PeftSaveWithSinks(model)
+        model.load_adapter = _PeftLoadAdapterWithSinks(model)
     return model
 
 

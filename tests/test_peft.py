@@ -1,0 +1,64 @@
+"""LoRA adapters on attention and sinks in the MLP, trained together (sinks attached to the peft model)."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import Trainer, TrainingArguments
+
+import memsinks
+from tests.conftest import tiny_model
+from tests.test_trainer import _args, _dataset
+
+
+def _lora_with_sinks():
+    model = tiny_model("llama")
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_alpha=8))
+    memsinks.add_sinks(peft_model, memsinks.SinksConfig(placement="append", n_sink_units=16))
+    return peft_model
+
+
+def test_lora_and_sinks_both_get_gradients_and_base_stays_frozen():
+    peft_model = _lora_with_sinks().train()
+    x = torch.randint(1, 128, (2, 12))
+    peft_model(input_ids=x, labels=x, sequence_ids=torch.tensor([3, 4])).loss.backward()
+    grads = {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in grads) and any("sink_weight" in n for n in grads)
+    down_sinks = [g for n, g in grads.items() if n.endswith("down_proj.sink_weight")]
+    assert down_sinks and all(g is not None and g.abs().sum() > 0 for g in down_sinks)
+    frozen = [n for n, p in peft_model.named_parameters() if not p.requires_grad]
+    assert any("base.weight" in n for n in frozen) and any("embed_tokens" in n for n in frozen)
+
+
+def test_sinks_attached_before_peft_are_frozen_and_say_so(caplog):
+    model = memsinks.add_sinks(tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16))
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"]))
+    x = torch.randint(1, 128, (2, 12))
+    with caplog.at_level("WARNING", logger="memsinks"):
+        peft_model.train()(input_ids=x, labels=x, sequence_ids=torch.tensor([3, 4]))
+    assert "frozen" in caplog.text
+
+
+def test_trainer_with_lora_and_sinks_trains_and_resumes(tmp_path):
+    def run(out, resume=None):
+        torch.manual_seed(0)
+        peft_model = _lora_with_sinks()
+        args = _args(out, max_steps=20, save_strategy="steps", save_steps=10)
+        trainer = Trainer(model=peft_model, args=args, train_dataset=_dataset(), data_collator=memsinks.SinksDataCollator())
+        trainer.train(resume_from_checkpoint=resume)
+        return peft_model, trainer
+
+    full, trainer = run(tmp_path / "full")
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0]
+    ckpt = tmp_path / "full" / "checkpoint-10"
+    assert (ckpt / "sinks.safetensors").is_file() and (ckpt / "sinks_config.json").is_file()
+    resumed, _ = run(tmp_path / "resumed", resume=str(ckpt))
+    trained = {n: p for n, p in full.named_parameters() if p.requires_grad}
+    for n, p in resumed.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p, trained[n], atol=1e-5), n
+    # merging LoRA leaves a memsinks model; removing the sinks leaves the plain architecture
+    merged = full.merge_and_unload()
+    assert memsinks.has_sinks(merged)
+    plain = memsinks.remove_sinks(merged)
+    assert plain.model.layers[0].mlp.down_proj.weight.shape == (32, 64)
