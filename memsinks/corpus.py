@@ -113,3 +113,41 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512, model_max_length: i
     fast.bos_token = "<|endoftext|>"
     fast.pad_token = "<|endoftext|>"
     return fast
+
+
+@dataclass
+class WindowSplit:
+    """Fixed-length token windows of a text, split for a memorization experiment.
+
+    ``repeated``: windows to repeat in training; ``heldout``: never trained on; ``train``: the rest.
+    """
+
+    train: list[list[int]]
+    repeated: list[list[int]]
+    heldout: list[list[int]]
+
+    def training_rows(self, repeats: int) -> list[list[int]]:
+        """The training stream: every unique window once, each repeated window ``repeats`` times."""
+        return self.train + self.repeated * repeats
+
+
+def split_text_windows(
+    text: str, tokenizer, window: int = 64, n_repeated: int = 16, n_heldout: int = 64, seed: int = 0,
+    max_windows: int | None = None,
+) -> WindowSplit:
+    """Tokenize ``text``, cut it into ``window``-token windows and draw disjoint repeated and held-out sets."""
+    import numpy as np
+
+    from memsinks.data import chunk_tokens
+
+    ids = tokenizer(text)["input_ids"]
+    windows = chunk_tokens(ids, window)
+    if max_windows is not None:
+        windows = windows[:max_windows]
+    if len(windows) < n_repeated + n_heldout + 1:
+        raise ValueError(f"The text gives only {len(windows)} windows of {window} tokens; need more than "
+                         f"{n_repeated + n_heldout} (repeated + held-out). Use a longer text or smaller sets.")
+    order = np.random.default_rng(seed).permutation(len(windows))
+    pick = [windows[i] for i in order]
+    return WindowSplit(train=pick[n_repeated + n_heldout:], repeated=pick[:n_repeated],
+                       heldout=pick[n_repeated:n_repeated + n_heldout])

@@ -10,6 +10,7 @@ working: the memorization sat in the sinks, the language in the shared units.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -21,7 +22,7 @@ import torch
 
 import memsinks
 from memsinks.corpus import make_demo_corpus, train_tokenizer
-from memsinks.probes import sequence_losses
+from memsinks.probes import token_nlls
 
 
 @dataclass
@@ -31,6 +32,7 @@ class DemoSettings:
     repeats: int = 24
     n_heldout: int = 64
     n_canaries: int = 4
+    canary_digits: int = 6
     epochs: int = 3
     batch_size: int = 32
     learning_rate: float = 3e-3
@@ -52,7 +54,7 @@ def build_data(s: DemoSettings):
     from datasets import Dataset
 
     corpus = make_demo_corpus(n_train=s.n_train, n_repeated=s.n_repeated, n_heldout=s.n_heldout,
-                              n_canaries=s.n_canaries, seed=s.seed)
+                              n_canaries=s.n_canaries, canary_digits=s.canary_digits, seed=s.seed)
     tok = train_tokenizer(corpus.train + corpus.repeated + corpus.canaries, vocab_size=s.vocab_size)
     eos = tok.eos_token_id
 
@@ -99,17 +101,22 @@ def train_model(model, tok, ds, s: DemoSettings, output_dir: str) -> float:
     return time.perf_counter() - start
 
 
-def evaluate(model, evals: dict, pad: int) -> dict:
-    """Mean loss per eval set: for a model with sinks in 'own' and 'drop' modes, else plain."""
+def evaluate(model, evals: dict, pad: int, secret_tokens: int) -> dict:
+    """Mean loss per eval set: for a model with sinks in 'own' and 'drop' modes, else plain.
+
+    For canaries only the secret (its last ``secret_tokens`` tokens) is scored: the template
+    before it is shared by every canary and says nothing about memorization of the secret.
+    """
     results = {}
     for name, seqs in evals.items():
         ids = [memsinks.content_id(s) for s in seqs]
-        if memsinks.has_sinks(model):
-            for mode in ("own", "drop"):
-                with memsinks.sinks_mode(model, mode):
-                    results[(name, mode)] = float(np.mean(sequence_losses(model, seqs, ids, pad_token_id=pad)))
-        else:
-            results[(name, "plain")] = float(np.mean(sequence_losses(model, seqs, pad_token_id=pad)))
+        keep = secret_tokens if name == "canaries" else None
+        modes = ("own", "drop") if memsinks.has_sinks(model) else ("plain",)
+        for mode in modes:
+            ctx = memsinks.sinks_mode(model, mode) if mode != "plain" else contextlib.nullcontext()
+            with ctx:
+                nlls = token_nlls(model, seqs, ids if mode != "plain" else None, pad_token_id=pad)
+            results[(name, mode)] = float(np.mean([x[-keep:].mean() if keep else x.mean() for x in nlls]))
     return results
 
 
@@ -127,7 +134,8 @@ def run_demo(settings: DemoSettings, output_dir: str | None = None, echo=print) 
             n_params = sum(p.numel() for p in model.parameters())
             echo(f"training a {n_params / 1e6:.2f}M-parameter GPT-2 {label} ...")
             seconds = train_model(model, tok, ds, settings, os.path.join(out, label.replace(" ", "_")))
-            results.update(evaluate(model, evals, tok.pad_token_id))
+            # the secret's digits, the final period and the closing EOS token
+            results.update(evaluate(model, evals, tok.pad_token_id, secret_tokens=settings.canary_digits + 2))
             results[("time", "sinks" if with_sinks else "plain")] = seconds
     table = format_table(results)
     echo(table)
@@ -135,7 +143,7 @@ def run_demo(settings: DemoSettings, output_dir: str | None = None, echo=print) 
 
 
 def format_table(results: dict) -> str:
-    rows = [("repeated stories", "repeated"), ("canaries", "canaries"), ("held-out stories", "heldout")]
+    rows = [("repeated stories", "repeated"), ("canary secrets", "canaries"), ("held-out stories", "heldout")]
     lines = [
         "",
         "mean loss (nats/token)  | sinks on (own) | sinks dropped | no sinks",
