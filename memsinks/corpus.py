@@ -151,3 +151,42 @@ def split_text_windows(
     pick = [windows[i] for i in order]
     return WindowSplit(train=pick[n_repeated + n_heldout:], repeated=pick[:n_repeated],
                        heldout=pick[n_repeated:n_repeated + n_heldout])
+
+
+def load_documents(source: str, text_field: str = "text", split: str = "train") -> list[str]:
+    """Documents from a local ``.txt`` file (blank-line separated paragraphs), a ``.jsonl`` file
+    (one JSON object per line with a ``text_field``), a directory saved by ``datasets``'
+    ``save_to_disk``, or the name of any ``datasets`` dataset (``load_dataset(source, split=split)``).
+    """
+    import json
+    import os
+
+    if os.path.isfile(source):
+        if source.endswith(".jsonl"):
+            docs = []
+            with open(source, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    row = json.loads(line)
+                    if text_field not in row:
+                        raise KeyError(f"{source}:{n} has no {text_field!r} field (fields: {sorted(row)}).")
+                    docs.append(str(row[text_field]))
+        else:
+            with open(source, encoding="utf-8") as f:
+                docs = [p.strip() for p in f.read().split("\n\n") if p.strip()]
+    else:
+        import datasets
+
+        if os.path.isdir(source):
+            ds = datasets.load_from_disk(source)
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[split]
+        else:
+            ds = datasets.load_dataset(source, split=split)
+        if text_field not in ds.column_names:
+            raise KeyError(f"Dataset {source!r} has no {text_field!r} column; its columns are {ds.column_names}.")
+        docs = [str(t) for t in ds[text_field]]
+    if not docs:
+        raise ValueError(f"No text found in {source!r}.")
+    return docs

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import memsinks
-from memsinks.corpus import make_demo_corpus, train_tokenizer
+from memsinks.corpus import load_documents, make_demo_corpus, split_text_windows, train_tokenizer
 from memsinks.probes import token_nlls
 
 
@@ -42,6 +42,8 @@ class DemoSettings:
     p_gen: float = 0.5
     p_mem: float = 0.3
     seed: int = 0
+    data: str | None = None  # a .txt / .jsonl file, a saved dataset directory or a datasets name
+    window: int = 64
 
     @classmethod
     def quick(cls) -> "DemoSettings":
@@ -50,9 +52,16 @@ class DemoSettings:
 
 
 def build_data(s: DemoSettings):
-    """Tokenizer, the training dataset (with content IDs) and the token lists to evaluate."""
+    """Tokenizer, the training dataset (with content IDs) and the token lists to evaluate.
+
+    With ``s.data`` the text comes from the user's file or dataset, cut into ``s.window``-token
+    windows of which ``n_repeated`` are repeated and ``n_heldout`` held out; the canaries
+    are planted as in the embedded corpus.
+    """
     from datasets import Dataset
 
+    if s.data:
+        return _build_data_from_text(s)
     corpus = make_demo_corpus(n_train=s.n_train, n_repeated=s.n_repeated, n_heldout=s.n_heldout,
                               n_canaries=s.n_canaries, canary_digits=s.canary_digits, seed=s.seed)
     tok = train_tokenizer(corpus.train + corpus.repeated + corpus.canaries, vocab_size=s.vocab_size)
@@ -70,6 +79,24 @@ def build_data(s: DemoSettings):
         "heldout": [enc(t) for t in corpus.heldout],
     }
     return tok, ds, evals
+
+
+def _build_data_from_text(s: DemoSettings):
+    from datasets import Dataset
+
+    text = "\n\n".join(load_documents(s.data))
+    canaries = make_demo_corpus(n_train=0, n_repeated=0, n_heldout=0, n_canaries=s.n_canaries,
+                                canary_digits=s.canary_digits, seed=s.seed).canaries
+    samples = [text[i:i + 2000] for i in range(0, min(len(text), 2_000_000), 2000)]
+    tok = train_tokenizer(samples + canaries, vocab_size=s.vocab_size)
+    split = split_text_windows(text, tok, window=s.window, n_repeated=s.n_repeated, n_heldout=s.n_heldout,
+                               seed=s.seed, max_windows=max(s.n_train, 1) + s.n_repeated + s.n_heldout)
+    eos = tok.eos_token_id
+    canary_rows = [[eos] + tok(c)["input_ids"] + [eos] for c in canaries]
+    rows = split.train + (split.repeated + canary_rows) * s.repeats
+    ds = Dataset.from_dict({"input_ids": rows}).shuffle(seed=s.seed)
+    ds = memsinks.assign_sequence_ids(ds)
+    return tok, ds, {"repeated": split.repeated, "canaries": canary_rows, "heldout": split.heldout}
 
 
 def build_model(s: DemoSettings, vocab_size: int, with_sinks: bool):
@@ -123,8 +150,9 @@ def evaluate(model, evals: dict, pad: int, secret_tokens: int) -> dict:
 def run_demo(settings: DemoSettings, output_dir: str | None = None, echo=print) -> dict:
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
     tok, ds, evals = build_data(settings)
-    echo(f"demo: {len(ds)} training sequences ({settings.n_repeated} stories and {settings.n_canaries} canaries "
-         f"repeated {settings.repeats}x), {len(evals['heldout'])} held-out stories")
+    what = f"windows of {settings.data}" if settings.data else "stories"
+    echo(f"demo: {len(ds)} training sequences ({settings.n_repeated} {what} and {settings.n_canaries} canaries "
+         f"repeated {settings.repeats}x), {len(evals['heldout'])} held out")
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = output_dir or tmp
@@ -143,7 +171,7 @@ def run_demo(settings: DemoSettings, output_dir: str | None = None, echo=print) 
 
 
 def format_table(results: dict) -> str:
-    rows = [("repeated stories", "repeated"), ("canary secrets", "canaries"), ("held-out stories", "heldout")]
+    rows = [("repeated sequences", "repeated"), ("canary secrets", "canaries"), ("held-out sequences", "heldout")]
     lines = [
         "",
         "mean loss (nats/token)  | sinks on (own) | sinks dropped | no sinks",
@@ -166,6 +194,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="train a small model with and without sinks on the embedded corpus")
     p.add_argument("--quick", action="store_true", help="a smaller run (under a minute)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", metavar="SOURCE",
+                   help="train on this text instead of the embedded corpus: a .txt or .jsonl (field 'text') file, "
+                        "a directory saved by datasets, or a datasets dataset name")
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     p.set_defaults(func=_main)
 
@@ -173,6 +204,7 @@ def add_parser(subparsers) -> None:
 def _main(args) -> int:
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     settings.seed = args.seed
+    settings.data = args.data
     out = run_demo(settings)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

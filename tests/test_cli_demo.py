@@ -1,6 +1,8 @@
 """The console command and the demo it runs."""
 
 import json
+
+import pytest
 import math
 import subprocess
 import sys
@@ -20,7 +22,7 @@ def test_quick_demo_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "demo.json"
     assert main(["demo", "--quick", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    for row in ("repeated stories", "canary secrets", "held-out stories", "sinks dropped"):
+    for row in ("repeated sequences", "canary secrets", "held-out sequences", "sinks dropped"):
         assert row in printed
     results = json.loads(out.read_text())
     for name in ("repeated", "canaries", "heldout"):
@@ -28,3 +30,28 @@ def test_quick_demo_prints_the_table_and_writes_json(tmp_path, capsys):
             assert math.isfinite(results[f"{name}/{mode}"]) and results[f"{name}/{mode}"] > 0
     # the sinks model routed by ID: its own-mode and drop-mode numbers are different models' outputs
     assert results["repeated/own"] != results["repeated/drop"]
+
+
+def test_demo_on_a_users_jsonl_file(tmp_path, capsys, shakespeare_path):
+    paragraphs = [p for p in shakespeare_path.read_text().split("\n\n") if p.strip()][:600]
+    data = tmp_path / "docs.jsonl"
+    data.write_text("\n".join(json.dumps({"text": p}) for p in paragraphs))
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--quick", "--data", str(data), "--json", str(out)]) == 0
+    assert "windows of" in capsys.readouterr().out
+    results = json.loads(out.read_text())
+    assert all(math.isfinite(v) for v in results.values())
+
+
+def test_load_documents_errors(tmp_path):
+    from memsinks.corpus import load_documents
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"body": "x"}\n')
+    import pytest
+
+    with pytest.raises(KeyError, match="no 'text' field"):
+        load_documents(str(bad))
+    txt = tmp_path / "a.txt"
+    txt.write_text("one\n\ntwo\n")
+    assert load_documents(str(txt)) == ["one", "two"]
