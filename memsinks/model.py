@@ -472,58 +472,79 @@ def remove_sinks(
     return model
 
 
-def _load_state_dict_files(directory: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
+def _checkpoint_files(directory: str) -> list[str]:
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.isfile(index):
         with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-        paths = [os.path.join(directory, name) for name in files]
-    else:
-        paths = sorted(glob.glob(os.path.join(directory, "model.safetensors")))
-    if not paths:
-        pickles = glob.glob(os.path.join(directory, "*.bin"))
-        hint = " It has only pickle (.bin) weights, which memsinks does not load; re-save with safetensors." if pickles else ""
-        raise FileNotFoundError(f"No safetensors weights (model.safetensors) in {directory}.{hint}")
-    state: dict[str, torch.Tensor] = {}
-    for path in paths:
-        state.update(load_file(path))
-    return state
+            return [os.path.join(directory, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+    single = os.path.join(directory, "model.safetensors")
+    if os.path.isfile(single):
+        return [single]
+    hint = " It has only pickle (.bin) weights, which memsinks does not load; re-save with safetensors." if glob.glob(
+        os.path.join(directory, "*.bin")) else ""
+    raise FileNotFoundError(f"No safetensors weights (model.safetensors) in {directory}.{hint}")
 
 
-def from_pretrained(directory: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> nn.Module:
+def _read_tensors(directory: str, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors whose names start with one of ``prefixes``."""
+    from safetensors import safe_open
+
+    out = {}
+    for path in _checkpoint_files(directory):
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                if key.startswith(prefixes):
+                    out[key] = f.get_tensor(key)
+    return out
+
+
+def from_pretrained(
+    directory: str | os.PathLike,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Load a model saved with sinks (``save_pretrained`` of a model from ``add_sinks``).
 
-    Rebuilds the base architecture from ``config.json``, attaches sinks from
-    ``sinks_config.json`` (same routing seed and hash, hence the same masks for every ID)
-    and loads the weights. Returns the model in eval mode.
+    transformers loads the base architecture (its own key conversions, dtype and device
+    options apply; ``kwargs`` go to ``AutoModelForCausalLM.from_pretrained``), sinks are
+    attached from ``sinks_config.json`` (same routing seed and hash, hence the same masks for
+    every ID), and the MLPs that carry sinks are loaded from the checkpoint's widened tensors.
+    Returns the model, moved to ``device`` if given, in eval mode.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     directory = os.fspath(directory)
     sinks_config = SinksConfig.from_pretrained(directory)
+    _checkpoint_files(directory)
     hf_config = AutoConfig.from_pretrained(directory)
     if sinks_config.base_intermediate_size is None:
         raise ValueError(f"{directory}/sinks_config.json has no base_intermediate_size; it was not written by add_sinks.")
-    set_width(hf_config, layout_for(hf_config.model_type), sinks_config.base_intermediate_size)
-    dtype = dtype or getattr(hf_config, "dtype", None) or torch.float32
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    layout = layout_for(hf_config.model_type)
+    set_width(hf_config, layout, sinks_config.base_intermediate_size)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    # appended MLPs are wider than the base config says: transformers leaves them to us
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            directory, config=hf_config, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     add_sinks(model, sinks_config)
-    state = _load_state_dict_files(directory)
+    prefixes = tuple(f"{layout.blocks}.{spec.layer}.{layout.mlp}." for spec in get_router(model).specs)
+    missing_elsewhere = [k for k in info.get("missing_keys", []) if not k.startswith(prefixes)]
+    if missing_elsewhere:
+        raise RuntimeError(f"{directory}: weights missing from the checkpoint: {sorted(missing_elsewhere)[:5]}.")
+    state = _read_tensors(directory, prefixes)
     result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise RuntimeError(f"{directory}: weights do not match the sinks config; unexpected keys {result.unexpected_keys[:5]}.")
-    owners: dict[int, int] = {}
-    params = dict(model.named_parameters(remove_duplicate=False))
-    for p in params.values():
-        owners[id(p)] = owners.get(id(p), 0) + 1
-    # a tied parameter (lm_head.weight = embedding) is saved once and loaded through its twin
-    really_missing = [k for k in result.missing_keys if k not in params or owners[id(params[k])] < 2]
-    if really_missing:
-        raise RuntimeError(f"{directory}: weights missing from the checkpoint: {really_missing[:5]}.")
+    missing = [k for k in result.missing_keys if k.startswith(prefixes)]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"{directory}: the MLP weights do not match sinks_config.json (missing {missing[:3]}, unexpected "
+            f"{result.unexpected_keys[:3]}); was the checkpoint saved from a model with these sinks?")
     if device is not None:
         model.to(device)
     return model.eval()

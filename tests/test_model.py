@@ -228,11 +228,12 @@ def test_deepcopy_has_its_own_routing_state():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gpt2"])
 @pytest.mark.parametrize("placement", ["split", "append"])
-def test_save_load_round_trip_keeps_routing_and_logits(tmp_path, placement):
+def test_save_load_round_trip_keeps_routing_and_logits(tmp_path, placement, family):
     cfg = memsinks.SinksConfig(placement=placement, n_sink_units=16 if placement == "append" else None,
                                p_gen=0.5, routing_seed=99, layers=[0, -1])
-    model = memsinks.add_sinks(tiny_model("llama", layers=3), cfg)
+    model = memsinks.add_sinks(tiny_model(family, layers=3), cfg)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)  # make the zero-initialised sink weights matter
