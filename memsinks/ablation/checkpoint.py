@@ -1,0 +1,146 @@
+"""Opening a checkpoint with sinks safely: which weight files are accepted, and clear errors for the rest.
+
+Weights are read only from safetensors, or, for a pickle checkpoint the user has explicitly
+trusted, with ``torch.load(weights_only=True)`` (the restricted unpickler that builds tensors
+and nothing else). A trusted pickle checkpoint is converted to safetensors in a temporary
+directory and goes through the same loader as every other checkpoint, ``memsinks.from_pretrained``,
+so the check that the sinks config matches the weights is made in one place.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+from torch import nn
+
+from memsinks.config import SINKS_CONFIG_NAME
+
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+# Files a tokenizer may be saved as (save_pretrained of slow and fast tokenizers, chat templates).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja", "chat_template.json",
+)
+
+
+class UnsafeCheckpointError(ValueError):
+    """The checkpoint's weights are pickle files and the user did not say they trust them."""
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's ``sinks_config.json`` does not describe the weights saved beside it."""
+
+
+def weight_format(directory: str) -> str:
+    """``"safetensors"`` or ``"pickle"``: the format of the model weights in ``directory``."""
+    if any(os.path.isfile(os.path.join(directory, name)) for name in SAFETENSORS_WEIGHTS):
+        return "safetensors"
+    if any(os.path.isfile(os.path.join(directory, name)) for name in PICKLE_WEIGHTS):
+        return "pickle"
+    raise FileNotFoundError(
+        f"{directory} has no model weights: expected model.safetensors (or a sharded model.safetensors.index.json), "
+        "as written by model.save_pretrained."
+    )
+
+
+def check_checkpoint(directory: str | os.PathLike, trust_pickle: bool = False) -> str:
+    """Check that ``directory`` is a memsinks checkpoint memsinks may open; returns its weight format.
+
+    Raises FileNotFoundError (not a directory, no config, no sinks config, no weights) or
+    UnsafeCheckpointError (pickle weights without ``trust_pickle``), each saying what to do.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"Checkpoint {directory} is not a directory; give the folder written by save_pretrained.")
+    if not os.path.isfile(os.path.join(directory, "config.json")):
+        raise FileNotFoundError(f"{directory} has no config.json: it is not a transformers checkpoint.")
+    if not os.path.isfile(os.path.join(directory, SINKS_CONFIG_NAME)):
+        raise FileNotFoundError(
+            f"{directory} has no {SINKS_CONFIG_NAME}, so it is not a checkpoint with memorization sinks (or the file "
+            "was lost). Save the model with sinks attached (model.save_pretrained after memsinks.add_sinks) so the "
+            "routing can be rebuilt; without it the sink units cannot be told apart from the shared ones."
+        )
+    fmt = weight_format(directory)
+    if fmt == "pickle" and not trust_pickle:
+        raise UnsafeCheckpointError(
+            f"{directory} stores its weights as pickle (pytorch_model.bin). Unpickling a file can run arbitrary code, "
+            "so memsinks does not open it by default. If you trust where it came from, pass --trust-pickle "
+            "(trust_pickle=True): the tensors are then read with torch.load(weights_only=True). Better, re-save the "
+            "model with safetensors (save_pretrained does so by default)."
+        )
+    return fmt
+
+
+def load_sinks_checkpoint(directory: str | os.PathLike, trust_pickle: bool = False,
+                          device: str | torch.device | None = None) -> nn.Module:
+    """Load a checkpoint with sinks (in eval mode) after ``check_checkpoint``.
+
+    Raises CheckpointMismatchError when the sinks config and the weights disagree (an MLP
+    width, a missing or an extra tensor).
+    """
+    import memsinks
+
+    directory = os.fspath(directory)
+    fmt = check_checkpoint(directory, trust_pickle)
+    try:
+        if fmt == "safetensors":
+            return memsinks.from_pretrained(directory, device=device)
+        with tempfile.TemporaryDirectory(prefix="memsinks-pickle-") as tmp:
+            _pickle_to_safetensors(directory, tmp)
+            return memsinks.from_pretrained(tmp, device=device)
+    except RuntimeError as err:
+        raise CheckpointMismatchError(
+            f"{directory}: its {SINKS_CONFIG_NAME} does not match its weights ({err}). Was the sinks config copied "
+            "from another run, or edited? Use the sinks_config.json written together with these weights."
+        ) from err
+
+
+def _pickle_to_safetensors(directory: str, out: str) -> None:
+    """Read trusted pickle weights with ``weights_only=True`` and write them to ``out`` as safetensors."""
+    from safetensors.torch import save_file
+
+    index = os.path.join(directory, "pytorch_model.bin.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            paths = [os.path.join(directory, p) for p in sorted(set(json.load(f)["weight_map"].values()))]
+    else:
+        paths = [os.path.join(directory, "pytorch_model.bin")]
+    state: dict[str, torch.Tensor] = {}
+    for path in paths:
+        part = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
+            raise ValueError(f"{path} is not a state dict of tensors.")
+        state.update(part)
+    # safetensors refuses tensors that share memory (tied embeddings): store each on its own
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, os.path.join(out, "model.safetensors"))
+    for name in ("config.json", SINKS_CONFIG_NAME):
+        shutil.copy2(os.path.join(directory, name), os.path.join(out, name))
+
+
+def tokenizer_files(directory: str | os.PathLike) -> list[str]:
+    """Paths of the tokenizer files saved in ``directory`` (possibly none)."""
+    directory = os.fspath(directory)
+    found = {os.path.join(directory, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))}
+    found |= {p for p in glob.glob(os.path.join(directory, "tokenizer*")) if os.path.isfile(p)}
+    return sorted(found)
+
+
+def load_tokenizer(directory: str | os.PathLike):
+    """The tokenizer saved in ``directory``; FileNotFoundError (saying what to do) when there is none."""
+    from transformers import AutoTokenizer
+
+    directory = os.fspath(directory)
+    if not tokenizer_files(directory):
+        raise FileNotFoundError(
+            f"{directory} has no tokenizer files, so texts cannot be turned into tokens. Save the tokenizer beside "
+            "the model (tokenizer.save_pretrained(checkpoint)), or give token IDs in a .jsonl file "
+            "({\"input_ids\": [...]} per line)."
+        )
+    return AutoTokenizer.from_pretrained(directory)
