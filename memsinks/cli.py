@@ -12,9 +12,10 @@ import sys
 
 from memsinks._version import __version__
 
-# (module, doc) of each subcommand's ``add_parser``; a module listed here must exist.
+# Modules whose ``add_parser(subparsers)`` registers a subcommand.
 SUBCOMMAND_MODULES = [
     "memsinks.demo",
+    "memsinks.ablation.cli",
 ]
 
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"memsinks {args.command}: error: {err}", file=sys.stderr)
         return 2
 
