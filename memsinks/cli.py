@@ -15,6 +15,7 @@ from memsinks._version import __version__
 # Modules whose ``add_parser(subparsers)`` registers a subcommand.
 SUBCOMMAND_MODULES = [
     "memsinks.demo",
+    "memsinks.probes.cli",
     "memsinks.ablation.cli",
 ]
 

@@ -32,7 +32,7 @@ SINK_WEIGHTS_NAME = "sinks.safetensors"
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The transformers model inside DDP / DeepSpeed / peft / torch.compile wrappers."""
+    """The transformers model inside DDP / DeepSpeed / peft / Opacus / torch.compile wrappers."""
     seen = set()
     while id(model) not in seen:
         seen.add(id(model))
@@ -40,6 +40,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.get_base_model()
         elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
             model = model._orig_mod
+        elif isinstance(getattr(model, "_module", None), nn.Module) and not hasattr(model, "config"):
+            model = model._module  # Opacus GradSampleModule
         elif isinstance(getattr(model, "module", None), nn.Module) and not hasattr(model, "config"):
             model = model.module
     return model

@@ -12,7 +12,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one thread: tiny models gain little from more, and tests that start subprocesses would oversubscribe
+torch.set_num_threads(1)
 
 
 def tiny_model(family: str, vocab: int = 128, hidden: int = 32, layers: int = 2, inner: int = 64, seed: int = 0):

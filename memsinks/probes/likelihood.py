@@ -8,12 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-def _device_of(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
+from memsinks.probes._common import batch_starts, device_of
 
 
 @torch.no_grad()
@@ -22,13 +17,16 @@ def token_nlls(
     sequences: Sequence[Sequence[int]],
     sequence_ids: Sequence[int] | None = None,
     batch_size: int = 32,
-    pad_token_id: int = 0,
+    pad_token_id: int | None = 0,
+    progress: bool = False,
 ) -> list[np.ndarray]:
     """NLL (nats) of every token after the first, for each sequence.
 
     Args:
         sequences: token-ID lists (any lengths; batched with right padding).
         sequence_ids: one ID per sequence, passed to a model with sinks (needed in ``own`` mode).
+        pad_token_id: the ID right padding is filled with (masked, so any ID works; None means 0).
+        progress: show a tqdm bar over the sequences.
     Returns:
         a list of float64 arrays, the i-th of length ``len(sequences[i]) - 1``.
     """
@@ -38,23 +36,26 @@ def token_nlls(
         raise ValueError("Every sequence needs at least 2 tokens to score.")
     was_training = model.training
     model.eval()
-    device = _device_of(model)
+    device = device_of(model)
     out: list[np.ndarray] = []
     try:
-        for start in range(0, len(sequences), batch_size):
+        for start in batch_starts(len(sequences), batch_size, progress, "scoring"):
             chunk = [list(s) for s in sequences[start:start + batch_size]]
             T = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), T), pad_token_id, dtype=torch.long)
+            ids = torch.full((len(chunk), T), pad_token_id or 0, dtype=torch.long)
             mask = torch.zeros((len(chunk), T), dtype=torch.long)
             for i, s in enumerate(chunk):
                 ids[i, :len(s)] = torch.tensor(s)
                 mask[i, :len(s)] = 1
             kwargs = {}
             if sequence_ids is not None:
-                kwargs["sequence_ids"] = torch.tensor(list(sequence_ids[start:start + batch_size]), dtype=torch.long, device=device)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            nll = -logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu().double().numpy()
+                chunk_ids = list(sequence_ids[start:start + batch_size])
+                kwargs["sequence_ids"] = torch.tensor(chunk_ids, dtype=torch.long, device=device)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
+            targets = ids[:, 1:].to(device)
+            nll = torch.nn.functional.cross_entropy(  # (B, T-1), without a second (B, T, V) buffer
+                logits[:, :-1].float().flatten(0, 1), targets.flatten(), reduction="none",
+            ).view(targets.shape).cpu().double().numpy()
             for i, s in enumerate(chunk):
                 out.append(nll[i, :len(s) - 1].copy())
     finally:
@@ -67,7 +68,9 @@ def sequence_losses(
     sequences: Sequence[Sequence[int]],
     sequence_ids: Sequence[int] | None = None,
     batch_size: int = 32,
-    pad_token_id: int = 0,
+    pad_token_id: int | None = 0,
+    progress: bool = False,
 ) -> np.ndarray:
     """Mean token NLL of each sequence: float64 array (N,)."""
-    return np.array([x.mean() for x in token_nlls(model, sequences, sequence_ids, batch_size, pad_token_id)])
+    nlls = token_nlls(model, sequences, sequence_ids, batch_size, pad_token_id, progress)
+    return np.array([x.mean() for x in nlls])

@@ -1,0 +1,271 @@
+"""``memsinks probe``: run the memorization probes on a saved model and print a table (and JSON).
+
+    memsinks probe MODEL_DIR --members FILE --nonmembers FILE [--reference DIR] [--canaries FILE] [--json OUT]
+
+MODEL_DIR is a memsinks checkpoint (with ``sinks_config.json``; loaded with
+``memsinks.from_pretrained``) or a plain transformers model directory; its tokenizer is loaded
+from the same directory. Member, non-member and canary files hold one sequence per line as
+plain text, or JSON lines with a ``text`` field (see ``memsinks.probes.inputs``). The output
+holds numbers only, never the probed text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from memsinks.config import EVAL_MODES, SINKS_CONFIG_NAME
+
+
+def _load(directory: str, device: str, what: str):
+    """(model, tokenizer or None) from a memsinks checkpoint or a plain transformers directory."""
+    import memsinks
+
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"The {what} directory {directory} does not exist.")
+    if os.path.isfile(os.path.join(directory, SINKS_CONFIG_NAME)):
+        model = memsinks.from_pretrained(directory).to(device)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(directory).to(device).eval()
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError):
+        tokenizer = None
+    return model, tokenizer
+
+
+def run_probes(args, echo=print) -> dict:
+    """Load, probe, print the table; returns the JSON-ready results."""
+    import contextlib
+
+    import torch
+    from tqdm.auto import tqdm
+
+    import memsinks
+    from memsinks.probes import (
+        Canary, ProbeSet, canary_exposure, extraction, membership_inference, memorized_bits, sink_gap,
+    )
+    from memsinks.probes._common import check_same_tokenizer, resolve_pad_token_id, sinks_mode_in_force
+    from memsinks.probes.inputs import read_records
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = _load(args.model_dir, device, "model")
+    if tokenizer is None:
+        raise FileNotFoundError(
+            f"No tokenizer in {args.model_dir}; save it beside the model (tokenizer.save_pretrained(MODEL_DIR))."
+        )
+    try:
+        members = ProbeSet.from_file(args.members, tokenizer, "members")
+        nonmembers = ProbeSet.from_file(args.nonmembers, tokenizer, "non-members")
+    except (TypeError, KeyError) as err:  # malformed records: report them as bad input
+        raise ValueError(str(err)) from err
+    canaries = None
+    if args.canaries:
+        records = read_records(args.canaries, "canaries")
+        if any("text" not in r for r in records):
+            raise ValueError(f"{args.canaries}: canaries are texts (a 'text' field), so the secret can be located.")
+        canaries = [Canary.from_text(r["text"], args.canary_pattern, args.canary_alphabet) for r in records]
+    reference = None
+    if args.reference:
+        reference, ref_tokenizer = _load(args.reference, device, "reference model")
+        if ref_tokenizer is not None:
+            check_same_tokenizer(tokenizer, ref_tokenizer)
+    with_sinks = memsinks.has_sinks(model)
+    if args.sinks_mode and not with_sinks:
+        raise ValueError(f"--sinks-mode {args.sinks_mode} needs a model with sinks; {args.model_dir} has none.")
+    in_mode = memsinks.sinks_mode(model, args.sinks_mode) if args.sinks_mode else contextlib.nullcontext()
+    pad = resolve_pad_token_id(model, tokenizer.pad_token_id)
+    progress = not args.no_progress
+    stages = ["extraction"] + (["DSP attack"] if args.attack == "dsp" else []) \
+        + ["membership inference", "memorized bits"] + (["sink gap"] if with_sinks else []) \
+        + (["canaries"] if canaries else [])
+    results: dict = {
+        "model": os.path.abspath(args.model_dir),
+        "reference": os.path.abspath(args.reference) if args.reference else None,
+        "n_members": len(members), "n_nonmembers": len(nonmembers),
+        "sinks": with_sinks,
+    }
+    bar = tqdm(total=len(stages), desc="memsinks probe", unit="probe", disable=not progress)
+    try:
+        with in_mode:
+            results["sinks_mode"] = sinks_mode_in_force(model)
+            bar.set_postfix_str(stages[0])
+            results["extraction"] = extraction(
+                model, members.tokens, args.prefix_len, args.suffix_len, sequence_ids=members.ids,
+                batch_size=args.batch_size, pad_token_id=pad, num_samples=args.num_samples, top_k=args.top_k,
+                progress=progress,
+            ).to_dict()
+            bar.update()
+            if args.attack == "dsp":
+                bar.set_postfix_str("DSP attack")
+                results["dsp"] = _run_dsp(model, members, tokenizer, args, progress)
+                bar.update()
+            bar.set_postfix_str("membership inference")
+            results["membership"] = membership_inference(
+                model, members.tokens, nonmembers.tokens, reference_model=reference, member_ids=members.ids,
+                nonmember_ids=nonmembers.ids, batch_size=args.batch_size, tokenizer=tokenizer, progress=progress,
+            ).to_dict()
+            bar.update()
+            bar.set_postfix_str("memorized bits")
+            results["memorized_bits"] = memorized_bits(
+                model, members.tokens, reference_model=reference, sequence_ids=members.ids,
+                batch_size=args.batch_size, progress=progress,
+            ).to_dict()
+            bar.update()
+            if canaries:
+                bar.set_postfix_str("canaries")
+                results["canaries"] = [
+                    canary_exposure(model, tokenizer, c.prefix, c.secret, c.alphabet, suffix=c.suffix,
+                                    max_enumerate=args.max_enumerate, num_samples=args.canary_samples,
+                                    batch_size=max(args.batch_size, 64), pad_token_id=pad, progress=progress).to_dict()
+                    for c in canaries
+                ]
+                bar.update()
+        if with_sinks:
+            bar.set_postfix_str("sink gap")
+            results["sink_gap"] = sink_gap(
+                model, members.tokens, nonmembers.tokens, member_ids=members.ids_or_content(),
+                heldout_ids=nonmembers.ids, prefix_len=args.prefix_len, suffix_len=args.suffix_len,
+                batch_size=args.batch_size, pad_token_id=pad, progress=progress,
+            ).to_dict()
+            results["sink_gap"]["member_ids"] = "given" if members.ids is not None else "content"
+            bar.update()
+    finally:
+        bar.close()
+    echo(format_table(results, args))
+    return results
+
+
+def _run_dsp(model, members, tokenizer, args, progress: bool) -> dict:
+    """The DSP attack: attacker pairs from ``--attack-pairs``, else the first ``--attack-split`` share of members.
+
+    Evaluation runs on the members that are not attacker pairs; the two sets are disjoint by ID.
+    """
+    from memsinks.probes import DSPConfig, ProbeSet, dsp_extraction
+
+    if args.attack_pairs:
+        attack, evals = ProbeSet.from_file(args.attack_pairs, tokenizer, "attack pairs"), members
+    else:
+        if not 0 < args.attack_split < 1:
+            raise ValueError(f"--attack-split must be in (0, 1); got {args.attack_split}.")
+        n_attack = int(round(args.attack_split * len(members)))
+        if n_attack < 1 or n_attack >= len(members):
+            raise ValueError(f"--attack-split {args.attack_split} of {len(members)} members leaves no attack or no "
+                             "evaluation sequences; give more members or --attack-pairs FILE.")
+        attack, evals = members.subset(range(n_attack)), members.subset(range(n_attack, len(members)))
+    config = DSPConfig(n_prompts=args.dsp_prompts, steps=args.dsp_steps, lr=args.dsp_lr)
+    out = dsp_extraction(model, attack.tokens, evals.tokens, args.prefix_len, args.suffix_len, attack_ids=attack.ids,
+                         eval_ids=evals.ids, config=config, batch_size=args.batch_size, progress=progress).to_dict()
+    out["attack_pairs"] = os.path.abspath(args.attack_pairs) if args.attack_pairs else f"members[:{len(attack)}]"
+    return out
+
+
+def format_table(results: dict, args) -> str:
+    def f(x, digits=3):
+        return "n/a" if x is None else f"{x:.{digits}f}"
+
+    rows: list[tuple[str, str]] = []
+    ext = results["extraction"]
+    rows.append((f"extraction exact match ({ext['prefix_len']}+{ext['suffix_len']} tokens)",
+                 f"{f(ext['exact_match'])}  ({ext['n_extracted']} of {ext['n_sequences']})"))
+    rows.append(("extraction token accuracy", f(ext["token_accuracy"])))
+    rows.append(("extraction longest common n-gram share", f(ext["ngram_share"])))
+    dsp = results.get("dsp")
+    if dsp is not None:
+        rows.append((f"DSP attack ({dsp['n_attack']} attacker pairs, {dsp['n_eval']} evaluated, m={dsp['config']['n_prompts']})",
+                     "exact match / token accuracy"))
+        for kind, label in (("no_prompt", "no prompt"), ("static", "static soft prompt"), ("dsp", "dynamic soft prompt")):
+            rows.append((f"  {label}", f"{f(dsp[kind]['exact_match'])} / {f(dsp[kind]['token_accuracy'])}"))
+    mia = results["membership"]
+    labels = {"loss": "loss", "zlib": "zlib ratio", "minkprob": "min-k% prob (k=20%)", "reference": "reference ratio"}
+    for name, auc in mia["auc"].items():
+        rows.append((f"MIA ROC AUC, {labels[name]}", f(auc)))
+    for name in mia["auc"]:
+        rows.append((f"MIA TPR at 1% / 0.1% FPR, {labels[name]}",
+                     f"{f(mia['tpr_at_fpr_1pct'][name])} / {f(mia['tpr_at_fpr_0_1pct'][name])}"))
+    bits = results["memorized_bits"]
+    rows.append((f"memorized bits in members (vs {bits['reference']})",
+                 f"{bits['total_bits']:.1f} total, {bits['mean_bits']:.1f} per sequence"))
+    gap = results.get("sink_gap")
+    if gap is not None:
+        closed = f(gap["closed"]) if gap["closed"] is not None else "n/a (held-out loss is not above the members')"
+        rows.append(("sink gap closed by dropping sinks", closed))
+        rows.append(("  member loss, sinks own / dropped", f"{f(gap['loss_own'])} / {f(gap['loss_drop'])}"))
+        rows.append(("  held-out loss, sinks own / dropped",
+                     f"{f(gap['heldout_loss_own'])} / {f(gap['heldout_loss_drop'])}"))
+        rows.append(("  member extraction, sinks own / dropped",
+                     f"{f(gap['extraction_own'])} / {f(gap['extraction_drop'])}"))
+    for i, c in enumerate(results.get("canaries") or []):
+        how = f"rank {c['rank']}" if c["rank"] is not None else "skew-normal estimate"
+        rows.append((f"canary {i} exposure (bits)", f"{c['exposure']:.2f} of {c['log2_space_size']:.2f}  ({how})"))
+    width = max(len(r[0]) for r in rows)
+    mode = f", sinks mode {results['sinks_mode']}" if results["sinks"] else ""
+    head = [
+        f"memsinks probe {results['model']}{mode}",
+        f"{results['n_members']} members, {results['n_nonmembers']} non-members"
+        + (f", reference {results['reference']}" if results["reference"] else ""),
+        "",
+        f"{'probe':<{width}}  value",
+        f"{'-' * width}  {'-' * 24}",
+    ]
+    notes = []
+    if gap is not None and gap.get("member_ids") == "content":
+        notes.append("The sink gap routes members by content IDs of their tokens here; they equal the training IDs "
+                     "only if training tokenized the text the same way (else give sequence_id/doc_id in a .jsonl).")
+    if mia["n_nonmembers"] < 1000:
+        notes.append(f"TPR at 0.1% FPR needs over 1000 non-members to resolve; with {mia['n_nonmembers']} it is the "
+                     "share of members scoring above every non-member.")
+    return "\n".join(head + [f"{a:<{width}}  {b}" for a, b in rows] + [""] + notes)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "probe", help="run the memorization probes on a saved model",
+        description="Extraction, membership inference, memorized bits, canary exposure and (with sinks) the sink gap "
+                    "of a saved model on member and non-member files (one sequence per line, or .jsonl with 'text').",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a memsinks checkpoint or a transformers model directory")
+    p.add_argument("--members", required=True, metavar="FILE", help="training sequences (.txt or .jsonl)")
+    p.add_argument("--nonmembers", required=True, metavar="FILE", help="sequences never trained on")
+    p.add_argument("--reference", metavar="DIR", help="reference model with the same tokenizer (e.g. the base model)")
+    p.add_argument("--canaries", metavar="FILE", help="canary texts, one per line; the secret is the last match of "
+                                                      "--canary-pattern")
+    p.add_argument("--canary-pattern", default=r"\d+", help="regular expression of the secret (default: digits)")
+    p.add_argument("--canary-alphabet", default="0123456789", help="characters each secret position draws from")
+    p.add_argument("--max-enumerate", type=int, default=100_000, help="rank exactly up to this many candidates")
+    p.add_argument("--canary-samples", type=int, default=10_000, help="candidates sampled for the skew-normal fit")
+    p.add_argument("--prefix-len", type=int, default=32, help="extraction prompt length in tokens (default 32)")
+    p.add_argument("--suffix-len", type=int, default=32, help="extraction continuation length (default 32)")
+    p.add_argument("--num-samples", type=int, default=0, help="top-k samples per prefix (default 0: greedy)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--attack", choices=("greedy", "dsp"), default="greedy",
+                   help="dsp: also run the dynamic soft-prompt attack with no-prompt and static-prompt baselines")
+    p.add_argument("--attack-pairs", metavar="FILE", help="training sequences the DSP attacker knows (default: the "
+                                                          "first --attack-split share of the members)")
+    p.add_argument("--attack-split", type=float, default=0.5, help="share of members given to the DSP attacker")
+    p.add_argument("--dsp-prompts", type=int, default=8, help="soft-prompt vectors m (default 8)")
+    p.add_argument("--dsp-steps", type=int, default=300, help="training steps of each prompt (default 300)")
+    p.add_argument("--dsp-lr", type=float, default=1e-3, help="learning rate of the prompts (default 1e-3)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--sinks-mode", choices=EVAL_MODES, help="sinks mode for the probes other than the sink gap "
+                                                            "(default: the checkpoint's eval mode)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--json", metavar="OUT", help="also write the numbers as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    results = run_probes(args)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
