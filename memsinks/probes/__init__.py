@@ -4,12 +4,14 @@ Each probe works on any causal LM (with or without sinks, in whatever sinks mode
 and returns a result with aggregate numbers, per-example arrays and ``to_dict()``:
 
 - ``extraction``: prompt with a training prefix, compare the greedy continuation (Carlini et al. 2023).
+- ``dsp_extraction``: the same after a learned prefix-dependent soft prompt (Wang et al. 2024), with baselines.
 - ``membership_inference``: LOSS, zlib, Min-K% and reference-model scores; ROC AUC, TPR at low FPR.
 - ``canary_exposure``: rank of a planted secret among its randomness space (Carlini et al. 2019).
 - ``memorized_bits``: bits a model holds about sequences beyond a reference (Morris et al. 2025).
 - ``sink_gap``: the share of a memorized set's loss gap that dropping the sinks closes.
 """
 
+from memsinks.probes.dsp import DSPConfig, DSPResult, PromptGenerator, dsp_extraction
 from memsinks.probes.exposure import Canary, ExposureResult, canary_exposure, exposure_from_rank
 from memsinks.probes.extraction import ExtractionResult, extraction
 from memsinks.probes.generation import generate_continuations
@@ -26,6 +28,10 @@ __all__ = [
     "generate_continuations",
     "extraction",
     "ExtractionResult",
+    "dsp_extraction",
+    "DSPConfig",
+    "DSPResult",
+    "PromptGenerator",
     "membership_inference",
     "membership_scores",
     "MembershipResult",

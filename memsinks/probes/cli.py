@@ -1,12 +1,14 @@
 """``memsinks probe``: run the memorization probes on a saved model and print a table (and JSON).
 
     memsinks probe MODEL_DIR --members FILE --nonmembers FILE [--reference DIR] [--canaries FILE] [--json OUT]
+                   [--attack dsp [--attack-pairs FILE | --attack-split 0.5]]
 
 MODEL_DIR is a memsinks checkpoint (with ``sinks_config.json``; loaded with
 ``memsinks.from_pretrained``) or a plain transformers model directory; its tokenizer is loaded
 from the same directory. Member, non-member and canary files hold one sequence per line as
 plain text, or JSON lines with a ``text`` field (see ``memsinks.probes.inputs``). The output
-holds numbers only, never the probed text.
+holds numbers only, never the probed text. ``--attack dsp`` adds the dynamic soft-prompt attack
+(``memsinks.probes.dsp``): trained on the attacker's pairs, evaluated on the other members.
 """
 
 from __future__ import annotations
@@ -178,9 +180,10 @@ def format_table(results: dict, args) -> str:
     rows.append(("extraction longest common n-gram share", f(ext["ngram_share"])))
     dsp = results.get("dsp")
     if dsp is not None:
-        rows.append((f"DSP attack ({dsp['n_attack']} attacker pairs, {dsp['n_eval']} evaluated, m={dsp['config']['n_prompts']})",
-                     "exact match / token accuracy"))
-        for kind, label in (("no_prompt", "no prompt"), ("static", "static soft prompt"), ("dsp", "dynamic soft prompt")):
+        rows.append((f"DSP attack ({dsp['n_attack']} attacker pairs, {dsp['n_eval']} evaluated, "
+                     f"m={dsp['config']['n_prompts']})", "exact match / token accuracy"))
+        kinds = (("no_prompt", "no prompt"), ("static", "static soft prompt"), ("dsp", "dynamic soft prompt"))
+        for kind, label in kinds:
             rows.append((f"  {label}", f"{f(dsp[kind]['exact_match'])} / {f(dsp[kind]['token_accuracy'])}"))
     mia = results["membership"]
     labels = {"loss": "loss", "zlib": "zlib ratio", "minkprob": "min-k% prob (k=20%)", "reference": "reference ratio"}
