@@ -8,6 +8,7 @@ Public API::
     with memsinks.sinks_mode(model, "drop"): ...
     model.save_pretrained(d); model = memsinks.from_pretrained(d)
     plain = memsinks.remove_sinks(model)
+    trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(target_epsilon=8.0))
 """
 
 from memsinks._version import __version__
@@ -15,6 +16,7 @@ from memsinks.architectures import register_architecture, supported_model_types
 from memsinks.config import SinksConfig
 from memsinks.data import SinksDataCollator, assign_sequence_ids, content_id, key_id
 from memsinks.model import add_sinks, from_pretrained, get_sinks_config, has_sinks, remove_sinks, sinks_mode
+from memsinks.privacy import PrivacyConfig, make_private
 
 __all__ = [
     "__version__",
@@ -31,4 +33,6 @@ __all__ = [
     "key_id",
     "register_architecture",
     "supported_model_types",
+    "PrivacyConfig",
+    "make_private",
 ]

@@ -1,0 +1,154 @@
+"""`PrivacyConfig`: the settings of DP-SGD, validated on creation and saved beside the checkpoint.
+
+Like ``SinksConfig`` (and peft's ``LoraConfig``), a small dataclass that checks every field
+when it is made, so that a wrong setting fails before any data is touched, and that
+``save_pretrained`` writes as ``privacy_config.json`` into the output and checkpoint folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+PRIVACY_CONFIG_NAME = "privacy_config.json"
+ACCOUNTANTS = ("prv", "rdp")
+CLIPPING_MODES = ("auto", "hooks", "ghost")
+PRIVACY_UNITS = ("example", "sequence_id")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class PrivacyConfig:
+    """DP-SGD settings: what is protected, how much noise, how gradients are clipped.
+
+    Attributes:
+        target_epsilon: the ε to reach at ``delta`` after the planned number of optimizer
+            steps; the noise multiplier is then calibrated to it, and training stops when
+            it is spent. Give exactly one of ``target_epsilon`` and ``noise_multiplier``.
+        noise_multiplier: σ, the standard deviation of the Gaussian noise added to the sum
+            of clipped gradients, in units of ``max_grad_norm``. ε is then reported as it
+            grows, with no stopping rule.
+        delta: the δ of the (ε, δ) guarantee; ``None`` means 1 / (number of privacy units
+            in the training set), i.e. 1 / examples or 1 / distinct sequence IDs.
+        max_grad_norm: C, the bound on the L2 norm of one privacy unit's gradient (over all
+            trainable parameters together) after clipping.
+        accountant: ``"prv"`` (Gopi et al. 2021, numerical composition, tight; default)
+            or ``"rdp"`` (Rényi DP, Mironov 2017; looser, faster).
+        clipping: how per-unit gradient norms are obtained. ``"hooks"`` materialises
+            each unit's gradient of each parameter (fastest; memory ~ units x parameters);
+            ``"ghost"`` computes the norms from layer inputs and output gradients without
+            materialising them (Li et al. 2022; memory ~ tokens x layer widths); ``"auto"``
+            (default) materialises unless that takes more than twice the memory of the
+            ghost factors for a parameter (input embeddings go ghost). All three give the
+            same clipped gradient and use one backward pass.
+        privacy_unit: ``"example"`` (each training row is one unit) or ``"sequence_id"``
+            (user-level: all rows sharing a ``sequence_ids`` value form one unit, which
+            is sampled, clipped and counted as a whole).
+        physical_batch_size: the most rows one forward/backward pass holds; a sampled
+            (logical) batch is processed in pieces of at most this many rows whose
+            clipped gradients are summed before the one noisy optimizer step. ``None``
+            means the Trainer's ``per_device_train_batch_size``.
+    """
+
+    target_epsilon: float | None = None
+    noise_multiplier: float | None = None
+    delta: float | None = None
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"
+    clipping: str = "auto"
+    privacy_unit: str = "example"
+    physical_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+            given = "both were given" if self.target_epsilon is not None else "neither was given"
+            raise ValueError(
+                f"PrivacyConfig needs exactly one of target_epsilon and noise_multiplier; {given}. Give "
+                "target_epsilon=... to have the noise calibrated to a budget, or noise_multiplier=... to fix the "
+                "noise and have ε reported as it grows."
+            )
+        if self.target_epsilon is not None:
+            if not _is_number(self.target_epsilon) or not 0 < self.target_epsilon < math.inf:
+                raise ValueError(f"PrivacyConfig.target_epsilon must be a finite number > 0; got {self.target_epsilon!r}.")
+            self.target_epsilon = float(self.target_epsilon)
+        if self.noise_multiplier is not None:
+            if not _is_number(self.noise_multiplier) or not 0 < self.noise_multiplier < math.inf:
+                raise ValueError(
+                    f"PrivacyConfig.noise_multiplier must be a finite number > 0 (0 means no privacy at all: "
+                    f"ε = ∞); got {self.noise_multiplier!r}."
+                )
+            self.noise_multiplier = float(self.noise_multiplier)
+        if self.delta is not None:
+            if not _is_number(self.delta) or not 0 < self.delta < 1:
+                raise ValueError(
+                    f"PrivacyConfig.delta must be in (0, 1), typically below 1 / (number of privacy units); got "
+                    f"{self.delta!r}. Leave it None for 1 / (number of units)."
+                )
+            self.delta = float(self.delta)
+        if not _is_number(self.max_grad_norm) or not 0 < self.max_grad_norm < math.inf:
+            raise ValueError(f"PrivacyConfig.max_grad_norm must be a finite number > 0; got {self.max_grad_norm!r}.")
+        self.max_grad_norm = float(self.max_grad_norm)
+        _check_choice("accountant", self.accountant, ACCOUNTANTS)
+        _check_choice("clipping", self.clipping, CLIPPING_MODES)
+        _check_choice("privacy_unit", self.privacy_unit, PRIVACY_UNITS)
+        if self.physical_batch_size is not None and (
+            not isinstance(self.physical_batch_size, int) or isinstance(self.physical_batch_size, bool)
+            or self.physical_batch_size < 1
+        ):
+            raise ValueError(
+                f"PrivacyConfig.physical_batch_size must be a positive int or None; got {self.physical_batch_size!r}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PrivacyConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k != "memsinks_version"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"Unknown PrivacyConfig field(s): {', '.join(hints)}.")
+        return cls(**data)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write ``privacy_config.json`` into ``save_directory`` (atomically); returns its path."""
+        from memsinks._version import __version__
+
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, PRIVACY_CONFIG_NAME)
+        payload = {"memsinks_version": __version__, **self.to_dict()}
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "PrivacyConfig":
+        """Read ``privacy_config.json`` from ``directory``."""
+        path = os.path.join(directory, PRIVACY_CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"No {PRIVACY_CONFIG_NAME} in {directory}: it was not written by a run under memsinks.make_private."
+            )
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"PrivacyConfig.{name} must be one of {choices}; got {value!r}.")
