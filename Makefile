@@ -32,7 +32,7 @@ demo: $(VENV)/.installed
 	$(BIN)/memsinks demo
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/sinks_overhead.py

@@ -1,0 +1,105 @@
+"""Scenario 1: train a small GPT-2 from scratch on text windows, some repeated, once per arm and seed.
+
+Arms (each a fresh model with the same initialisation seed, the same optimizer-step budget
+and batch size, so the same number of tokens):
+
+- ``standard``: every unique window once, the repeated windows and canaries ``repeats`` times;
+- ``dedup``: each repeated window and canary kept once (the budget then buys more epochs);
+- ``goldfish``: the standard stream with the goldfish loss (k, h of the settings);
+- ``dp``: the standard stream under DP-SGD at ε = ``dp_epsilon`` (``memsinks.make_private``);
+- ``memsinks``: the standard stream on a model with split-placement sinks, each window routed
+  by its content ID; measured with the sinks dropped (``memsinks_drop``, the shipped model),
+  in each sequence's own sinks (``memsinks_own``) and scaled by p_mem (``memsinks_mean``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import memsinks
+
+from .data import build_scenario1
+from .goldfish import GoldfishCollator
+from .metrics import evaluate_scenario1
+from .models import build_decoder
+from .training import LossCurveCallback, rows_dataset, steps_for, train_arm
+
+TRAINING_ARMS = ("standard", "dedup", "goldfish", "dp", "memsinks")
+SINK_MODES = ("drop", "own", "mean")
+
+
+def privacy_available() -> bool:
+    return hasattr(memsinks, "make_private") and hasattr(memsinks, "PrivacyConfig")
+
+
+def reported_arms(training_arms) -> list[str]:
+    """Result names of the training arms: ``memsinks`` becomes one entry per sinks mode."""
+    out = []
+    for arm in training_arms:
+        out += [f"memsinks_{m}" for m in SINK_MODES] if arm == "memsinks" else [arm]
+    return out
+
+
+def run_seed(text: str, source: str, tokenizer, s, seed: int, *, arms=TRAINING_ARMS, echo=print,
+             sinks_config: dict | None = None) -> dict:
+    """Train and measure every arm for one seed.
+
+    Returns ``{"arms": {name: metrics}, "curves": {arm: {...}}, "skipped": {arm: reason}, "data": {...}}``.
+    ``sinks_config`` overrides fields of the memsinks arm's ``SinksConfig`` (the sweep uses it).
+    """
+    data = build_scenario1(text, source, tokenizer, s, seed)
+    std_rows = data.training_rows(s.repeats, s.repeats)
+    dedup_rows = data.training_rows(1, 1)
+    max_steps = steps_for(len(std_rows), s.epochs, s.batch_size)
+    pad = tokenizer.pad_token_id
+    out = {"arms": {}, "curves": {}, "skipped": {}, "data": {
+        "source": source, "unique_windows": len(data.split.train), "repeated_windows": len(data.split.repeated),
+        "heldout_windows": len(data.split.heldout), "canaries": len(data.canaries), "training_rows": len(std_rows),
+        "dedup_rows": len(dedup_rows), "max_steps": max_steps,
+        "repeated_share_of_stream": (len(std_rows) - len(data.split.train)) / len(std_rows),
+    }}
+    probe = {"repeated": data.split.repeated[:s.curve_sequences], "heldout": data.split.heldout[:s.curve_sequences]}
+    for arm in arms:
+        if arm == "dp" and not privacy_available():
+            out["skipped"][arm] = "memsinks.make_private / memsinks.PrivacyConfig are not in this checkout"
+            echo(f"  [seed {seed}] {arm}: skipped ({out['skipped'][arm]})")
+            continue
+        model = build_decoder(s.model, len(tokenizer), pad, seed)
+        with_sinks = arm == "memsinks"
+        if with_sinks:
+            cfg = dict(placement="split", p_gen=s.p_gen, p_mem=s.p_mem, routing_seed=seed)
+            cfg.update(sinks_config or {})
+            memsinks.add_sinks(model, memsinks.SinksConfig(**cfg))
+        ds = rows_dataset(dedup_rows if arm == "dedup" else std_rows, seed, with_ids=with_sinks)
+        probe_sets = {k: (v, [memsinks.content_id(x) for x in v]) for k, v in probe.items()}
+        curve = LossCurveCallback(model, probe_sets, max_steps // s.curve_points, pad,
+                                  modes=("drop", "own") if with_sinks else ())
+        privacy = None
+        lr = s.learning_rate
+        if arm == "dp":
+            privacy = memsinks.PrivacyConfig(target_epsilon=s.dp_epsilon, max_grad_norm=s.dp_max_grad_norm)
+            lr = s.dp_learning_rate or lr
+        wrapper = (lambda c: GoldfishCollator(c, s.goldfish_k, s.goldfish_h)) if arm == "goldfish" else None
+        with tempfile.TemporaryDirectory() as tmp:
+            run = train_arm(model, tokenizer, ds, output_dir=os.path.join(tmp, arm), max_steps=max_steps,
+                            batch_size=s.batch_size, learning_rate=lr, seed=seed, collator_wrapper=wrapper,
+                            privacy=privacy, curve=curve, log_points=s.log_points)
+        start = time.perf_counter()
+        modes = SINK_MODES if with_sinks else (None,)
+        for mode in modes:
+            name = f"memsinks_{mode}" if mode else arm
+            metrics = evaluate_scenario1(model, data, mode, s, seed)
+            metrics.update({"tokens_per_s": run.tokens_per_s, "train_seconds": run.seconds, "steps": run.steps,
+                            "tokens": run.tokens})
+            if run.epsilon is not None:
+                metrics["epsilon"] = run.epsilon
+            out["arms"][name] = metrics
+        eval_s = time.perf_counter() - start
+        out["curves"][arm] = {"train_loss": run.loss_curve(), "probe": run.curves}
+        m = out["arms"]["memsinks_drop" if with_sinks else arm]
+        echo(f"  [seed {seed}] {arm:<9} train {run.seconds:5.1f}s ({run.tokens_per_s:,.0f} tok/s), eval {eval_s:4.1f}s: "
+             f"held-out {m['heldout_loss']:.3f}, repeated {m['repeated_loss']:.3f}, extraction {m['extraction_exact']:.2f}"
+             + (f", own-mode repeated {out['arms']['memsinks_own']['repeated_loss']:.3f}" if with_sinks else ""))
+    return out

@@ -1,0 +1,132 @@
+"""The benchmark's settings: one dataclass per scenario, with the full-run defaults and ``quick()``.
+
+Every number that shapes a result lives here and is written into ``results.json`` under
+``"config"``, so a run can be checked and repeated without reading the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelShape:
+    """A small decoder: ``family`` "gpt2" (scenario 1) or "llama" (scenario 2, which needs
+    separate q/k/v/o projections for the LoRA arms)."""
+
+    family: str = "gpt2"
+    n_layer: int = 2
+    n_embd: int = 128
+    n_head: int = 4
+    intermediate: int = 512
+    max_positions: int = 256
+
+
+@dataclass
+class Scenario1Settings:
+    """Training from scratch on windows of a text, a subset of windows repeated (the paper's setup).
+
+    ``max_chars`` caps the text so that the full run fits its time budget on 2 CPU cores; the
+    repeated windows make ``n_repeated * repeats / (n_unique + n_repeated * repeats)`` of the stream.
+    """
+
+    max_chars: int = 300_000
+    vocab_size: int = 512
+    window: int = 64
+    n_repeated: int = 16
+    repeats: int = 32
+    n_heldout: int = 64
+    n_canaries: int = 4
+    canary_digits: int = 6
+    epochs: float = 4.0
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    model: ModelShape = field(default_factory=lambda: ModelShape(intermediate=1024))
+    # memorization sinks (split placement: training from scratch); chosen with
+    # benchmarks/memorization_sweep.py on splits apart from the benchmark's (see results/README.md)
+    p_gen: float = 0.5
+    p_mem: float = 0.05
+    # goldfish loss (Hans et al. 2024): drop 1/k of target tokens by a hash of the h tokens before
+    goldfish_k: int = 4
+    goldfish_h: int = 13
+    # DP-SGD
+    dp_epsilon: float = 8.0
+    dp_max_grad_norm: float = 1.0
+    dp_learning_rate: float | None = None  # None: the same as the other arms
+    # measurement
+    prefix_len: int = 32
+    suffix_len: int = 32
+    exposure_samples: int = 2000  # candidates sampled per canary for the skew-normal exposure estimate
+    log_points: int = 20  # training-loss log entries per arm (under DP each computes ε)
+    curve_points: int = 12
+    curve_sequences: int = 16
+
+    @classmethod
+    def quick(cls) -> "Scenario1Settings":
+        return cls(max_chars=60_000, vocab_size=384, n_repeated=8, repeats=16, n_heldout=32, n_canaries=2,
+                   epochs=2.0, model=ModelShape(n_layer=1, n_embd=64, intermediate=256), exposure_samples=500,
+                   log_points=4, curve_points=4, curve_sequences=8)
+
+
+@dataclass
+class Scenario2Settings:
+    """Pretrain a small Llama on a text, then fine-tune it on records carrying planted personal data.
+
+    Records are repeated ``n`` times for each ``n`` in ``repeat_groups`` (``per_group`` records
+    each), next to ``n_background`` records seen once; the headline metrics use the group
+    repeated most (``max(repeat_groups)``), the others are reported per group.
+    """
+
+    base_model: str | None = None
+    max_chars: int = 300_000
+    vocab_size: int = 512
+    window: int = 64
+    pretrain_epochs: float = 2.0
+    pretrain_learning_rate: float = 3e-3
+    model: ModelShape = field(default_factory=lambda: ModelShape(family="llama"))
+    n_background: int = 256
+    repeat_groups: tuple[int, ...] = (1, 4, 16, 32)
+    per_group: int = 8
+    n_heldout: int = 64
+    epochs: float = 3.0
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    lora_learning_rate: float = 3e-2
+    lora_targets: dict = field(default_factory=lambda: {"qk": ["q_proj", "k_proj"], "vo": ["v_proj", "o_proj"]})
+    lora_ranks: tuple[int, ...] = (1, 4, 16)
+    n_sink_units: int = 512
+    p_mem: float = 0.3
+    goldfish_k: int = 4
+    goldfish_h: int = 13
+    dp_epsilon: float = 8.0
+    dp_max_grad_norm: float = 1.0
+    dp_learning_rate: float | None = None
+    exposure_samples: int = 500  # candidate phone numbers sampled per record (skew-normal estimate)
+    exposure_records: int = 2  # records per repetition group whose exposure is estimated
+    log_points: int = 20
+    curve_points: int = 8
+    curve_sequences: int = 8
+    arms: tuple[str, ...] | None = None  # None: every arm
+
+    @classmethod
+    def quick(cls) -> "Scenario2Settings":
+        return cls(max_chars=40_000, vocab_size=384, pretrain_epochs=1.0,
+                   model=ModelShape(family="llama", n_layer=1, n_embd=64, intermediate=256),
+                   n_background=48, repeat_groups=(1, 8), per_group=4, n_heldout=16, epochs=2.0,
+                   lora_ranks=(4,), n_sink_units=128, exposure_samples=300, exposure_records=2, log_points=4,
+                   curve_points=3, curve_sequences=4)
+
+    @classmethod
+    def pretrained(cls, base_model: str) -> "Scenario2Settings":
+        """Fine-tuning a real pretrained model (``--base-model``; e.g. SmolLM2-135M at ~150 tokens/s
+        on 2 CPU cores): fewer records, one epoch, learning rates for a pretrained model."""
+        return cls(base_model=base_model, max_chars=60_000, n_background=32, repeat_groups=(1, 4, 16), per_group=4,
+                   n_heldout=16, epochs=1.0, batch_size=8, learning_rate=1e-4, lora_learning_rate=1e-3,
+                   lora_ranks=(4,), n_sink_units=256, exposure_samples=200, exposure_records=2, curve_points=4,
+                   curve_sequences=4)
+
+
+def to_dict(settings) -> dict:
+    """A JSON-ready dict of a settings dataclass (tuples become lists)."""
+    return dataclasses.asdict(settings)

@@ -1,0 +1,166 @@
+"""Training one arm with the stock ``transformers.Trainer``, timing it and recording loss curves.
+
+Every arm goes through ``train_arm``: the same Trainer settings (cosine schedule, AdamW, the
+same number of optimizer steps and batch size, so the same token budget), with only what
+defines the arm changed: the training rows (dedup), the labels (goldfish), sinks on the
+model (memsinks), LoRA adapters, or ``memsinks.make_private`` on the Trainer (DP-SGD).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+import memsinks
+from memsinks.probes import sequence_losses
+
+
+class CountingCollator:
+    """Wraps a collator and counts the real (unpadded) tokens of every batch it builds."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.tokens = 0
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collator(features)
+        self.tokens += int(batch["attention_mask"].sum())
+        return batch
+
+
+class LossCurveCallback(TrainerCallback):
+    """Every ``every`` optimizer steps (and at the end), the mean loss of a few repeated and held-out sequences.
+
+    ``probe_sets``: name -> (token lists, sequence IDs). On a model with sinks each mode in
+    ``modes`` is measured ("drop" and "own"); IDs are passed in "own" mode only. The points
+    land in ``self.points`` as dicts ``{"step", "<set>_<mode>": loss}``.
+    """
+
+    def __init__(self, model, probe_sets: dict, every: int, pad_token_id: int, modes: tuple[str, ...] = ()):
+        self.model = model
+        self.probe_sets = probe_sets
+        self.every = max(1, every)
+        self.pad = pad_token_id
+        self.modes = modes or (None,)
+        self.points: list[dict] = []
+
+    def measure(self, step: int) -> None:
+        point = {"step": step}
+        for mode in self.modes:
+            ctx = memsinks.sinks_mode(self.model, mode) if mode else contextlib.nullcontext()
+            with ctx:
+                for name, (seqs, ids) in self.probe_sets.items():
+                    losses = sequence_losses(self.model, seqs, ids if mode == "own" else None, pad_token_id=self.pad)
+                    point[f"{name}_{mode or 'plain'}"] = float(np.mean(losses))
+        self.points.append(point)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self.measure(state.global_step)
+
+
+@dataclass
+class TrainRun:
+    """What training an arm produced: seconds of training (curve measurements excluded), real
+    tokens seen, the Trainer's log (training loss per logging step), the probe curves and, for
+    DP-SGD, the ε spent."""
+
+    seconds: float
+    tokens: int
+    steps: int
+    log_history: list = field(default_factory=list)
+    curves: list = field(default_factory=list)
+    epsilon: float | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def loss_curve(self) -> list[tuple[int, float]]:
+        return [(int(e["step"]), float(e["loss"])) for e in self.log_history if "loss" in e and "step" in e]
+
+
+class _CurveTimer(TrainerCallback):
+    """Adds up the time the curve callback spends, so it can be taken out of the training time."""
+
+    def __init__(self, curve: LossCurveCallback):
+        self.curve = curve
+        self.seconds = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        start = time.perf_counter()
+        self.curve.on_step_end(args, state, control, **kwargs)
+        self.seconds += time.perf_counter() - start
+
+
+def rows_dataset(rows: list[list[int]], seed: int, with_ids: bool):
+    """A shuffled ``datasets.Dataset`` of token rows, with content sequence IDs when ``with_ids``."""
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"input_ids": rows}).shuffle(seed=seed)
+    return memsinks.assign_sequence_ids(ds) if with_ids else ds
+
+
+def steps_for(n_rows: int, epochs: float, batch_size: int) -> int:
+    """Optimizer steps for ``epochs`` passes over ``n_rows`` rows: the token budget every arm gets."""
+    return max(1, math.ceil(n_rows / batch_size * epochs))
+
+
+def train_arm(
+    model,
+    tokenizer,
+    dataset,
+    *,
+    output_dir: str,
+    max_steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    collator_wrapper=None,
+    privacy=None,
+    curve: LossCurveCallback | None = None,
+    warmup_steps: int = 10,
+    log_points: int = 20,
+) -> TrainRun:
+    """Train ``model`` for ``max_steps`` optimizer steps with the stock Trainer.
+
+    ``collator_wrapper``: a function taking the base collator and returning the one to use
+    (goldfish). ``privacy``: a ``memsinks.PrivacyConfig``; the Trainer is then passed through
+    ``memsinks.make_private``. ``log_points``: how many times the Trainer logs (under DP each
+    log computes ε, which costs about a second on a CPU).
+    """
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=min(warmup_steps, max_steps // 10),
+        weight_decay=0.0, logging_steps=max(1, max_steps // log_points), save_strategy="no", report_to=[], seed=seed,
+        data_seed=seed, disable_tqdm=True, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+    )
+    base = memsinks.SinksDataCollator(tokenizer, require_ids=memsinks.has_sinks(model))
+    counting = CountingCollator(collator_wrapper(base) if collator_wrapper else base)
+    timer = _CurveTimer(curve) if curve is not None else None
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=counting,
+                      callbacks=[timer] if timer else [])
+    trainer.remove_callback(PrinterCallback)  # the benchmark prints its own one line per arm
+    if privacy is not None:
+        trainer = memsinks.make_private(trainer, privacy)
+    if curve is not None:
+        curve.measure(0)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start - (timer.seconds if timer else 0.0)
+    epsilon = None
+    if privacy is not None:
+        eps = [e["privacy/epsilon"] for e in trainer.state.log_history if "privacy/epsilon" in e]
+        epsilon = float(eps[-1]) if eps else None
+    return TrainRun(seconds=seconds, tokens=counting.tokens, steps=int(trainer.state.global_step),
+                    log_history=list(trainer.state.log_history), curves=list(curve.points) if curve else [],
+                    epsilon=epsilon)
