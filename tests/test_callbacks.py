@@ -103,6 +103,8 @@ def test_callbacks_log_into_log_history_and_integrations(setup, tmp_path, caplog
         assert all(0.0 <= e[name] <= 1.0 for e in probe_entries), name
     assert [e["step"] for e in _entries(history, "memorization/canary_exposure_max")] == [15, 30]
     assert [e["step"] for e in _entries(history, "memorization/sink_gap_loss_own")] == [10, 20, 30]
+    # probing on a logging step does not take the Trainer's own loss entry for that step
+    assert [e["step"] for e in _entries(history, "loss")] == [10, 20, 30]
     # the integration stand-in got the same entries through on_log, though it sits before the probe callbacks
     for name in names[:-1]:
         assert len([x for x in recorder.logs if name in x]) == 3

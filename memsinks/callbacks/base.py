@@ -123,7 +123,14 @@ class MemorizationCallback(TrainerCallback):
 
     def _log(self, metrics: dict, state) -> None:
         if self._trainer is not None:
+            # ``Trainer.log`` runs ``on_log``, where the Trainer's flow callback clears ``should_log``. A
+            # probe at the end of a logging step would then swallow that step's loss entry, so the flag
+            # the Trainer had raised for its own logging is put back.
+            control = getattr(self._trainer, "control", None)
+            pending_log = bool(control is not None and control.should_log)
             self._trainer.log(dict(metrics))
+            if pending_log:
+                self._trainer.control.should_log = True
             return
         state.log_history.append({**metrics, "step": state.global_step})
         if not self._warned_no_trainer:
