@@ -123,6 +123,7 @@ def main(argv=None) -> int:
         per_seed = [scenario2.run_seed(base, s2, seed) for seed in seeds]
         summary = report.summarize_seeds(per_seed)
         summary["base"] = base["description"]
+        summary["base_model_metrics"] = scenario2.evaluate_base(base, s2, seeds[0])
         summary["pretrain_seconds"] = base["pretrain_seconds"]
         top = str(max(s2.repeat_groups))
         summary["lora_findings"] = report.lora_findings(summary["arms"], s2.lora_ranks, top)

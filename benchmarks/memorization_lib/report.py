@@ -220,7 +220,9 @@ def markdown_report(results: dict) -> str:
                   f"Base: {s2['base']}. Fine-tuning set: {d['background_records']} records once and, per group, "
                   + ", ".join(f"{k} records x{n}" for n, k in d["repeat_groups"].items())
                   + f"; {d['heldout_records']} held-out records; {d['max_steps']} optimizer steps per arm. "
-                  f"Headline columns use the x{top} group; the secret is each record's 10-digit phone number "
+                  + (f"Before fine-tuning the base model has held-out record loss {b['heldout_loss']:.3f} and "
+                     f"pretraining-text loss {b['general_loss']:.3f}. " if (b := s2.get("base_model_metrics")) else "")
+                  + f"Headline columns use the x{top} group; the secret is each record's 10-digit phone number "
                   "(extraction: greedy decoding after the record's text up to it; exposure: among 10^10 numbers, "
                   "skew-normal estimate). MIA AUC uses the base model as reference.", "",
                   markdown_table(s2["arms"], TABLE_FIELDS[:2] + [("general_loss", "pretraining-text loss", "{:.3f}")]

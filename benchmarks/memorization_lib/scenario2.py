@@ -86,6 +86,14 @@ def _lora(model, target: list[str], rank: int):
     return get_peft_model(model, cfg)
 
 
+def evaluate_base(base: dict, s, seed: int) -> dict:
+    """The base model's metrics before any fine-tuning (seed ``seed``'s records): what each arm starts from."""
+    data = build_scenario2(base["tokenizer"], base["general_heldout"], s, seed)
+    metrics = evaluate_scenario2(base["model"], data, None, None, s, seed)
+    return {k: metrics[k] for k in ("heldout_loss", "repeated_loss", "general_loss", "extraction_exact",
+                                    "canary_exposure")}
+
+
 def run_seed(base: dict, s, seed: int, *, echo=print) -> dict:
     """Fine-tune and measure every arm for one seed; same return shape as scenario 1's ``run_seed``."""
     tok = base["tokenizer"]

@@ -122,8 +122,8 @@ class Scenario2Settings:
         """Fine-tuning a real pretrained model (``--base-model``; e.g. SmolLM2-135M at ~150 tokens/s
         on 2 CPU cores): fewer records, one epoch, learning rates for a pretrained model."""
         return cls(base_model=base_model, max_chars=60_000, n_background=32, repeat_groups=(1, 4, 16), per_group=4,
-                   n_heldout=16, epochs=1.0, batch_size=8, learning_rate=1e-4, lora_learning_rate=1e-3,
-                   lora_ranks=(4,), n_sink_units=256, exposure_samples=200, exposure_records=2, curve_points=4,
+                   n_heldout=16, epochs=1.0, batch_size=8, learning_rate=3e-4, lora_learning_rate=3e-3,
+                   lora_ranks=(4,), n_sink_units=256, exposure_samples=100, exposure_records=1, curve_points=4,
                    curve_sequences=4)
 
 
