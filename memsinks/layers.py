@@ -62,6 +62,15 @@ class _StockLayout(nn.Module):
         self.register_state_dict_post_hook(_to_stock_layout)
         self.register_load_state_dict_pre_hook(_from_stock_layout)
 
+    def _fqn_modifiers(self) -> dict[str, str]:
+        """Where the stock names live, for ``torch.distributed.checkpoint``.
+
+        FSDP2 (and accelerate's FSDP saving) gather weights with ``get_model_state_dict``, which
+        walks each state-dict key back to a module attribute. The stock key ``<prefix>weight``
+        names no attribute of this wrapper; this says it is found under ``base``.
+        """
+        return {"weight": "base", "bias": "base"}
+
     def _merge(self, state: dict, prefix: str) -> None:
         """Fold the pool's tensors into the widened stock tensors (subclasses with a pool)."""
 
