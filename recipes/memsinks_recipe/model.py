@@ -110,14 +110,13 @@ def _pretrained_model(r: Recipe, dtype):
 
 
 def _weight_files(directory: str) -> list[str]:
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        import json
+    """The directory's safetensors weight files (one, or the shards of an index); none if it has none."""
+    from memsinks.model import _checkpoint_files
 
-        with open(index, encoding="utf-8") as f:
-            return [os.path.join(directory, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
-    single = os.path.join(directory, "model.safetensors")
-    return [single] if os.path.isfile(single) else []
+    try:
+        return _checkpoint_files(directory)
+    except FileNotFoundError:
+        return []
 
 
 def restore_stock_layout(directory: str, model):
