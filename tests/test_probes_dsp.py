@@ -71,6 +71,35 @@ def test_prompted_greedy_equals_uncached_decoding_of_the_prompt_tokens(family):
     np.testing.assert_array_equal(got, want)
 
 
+def _overlap_reference(model, prompt: torch.Tensor, prefix: list[int], n: int) -> list[int]:
+    """One row, full forwards without cache: prompt at positions 0..m-1, prefix and continuation from 0."""
+    tokens = list(prefix)
+    m = prompt.shape[0]
+    with torch.no_grad():
+        for _ in range(n):
+            embeds = torch.cat([prompt, model.get_input_embeddings()(torch.tensor(tokens))])[None]
+            pos = torch.cat([torch.arange(m), torch.arange(len(tokens))])[None]
+            tokens.append(int(model(inputs_embeds=embeds, position_ids=pos).logits[0, -1].argmax()))
+    return tokens[len(prefix):]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_overlap_positions_keep_the_prefix_at_its_own_positions_in_a_padded_batch(family):
+    model = tiny_model(family, vocab=V).eval()
+    if family == "gpt2":  # loud position embeddings, so that where the prefix sits changes the argmax
+        with torch.no_grad():
+            model.transformer.wpe.weight.mul_(30)
+    prompts = torch.randn(2, M, model.config.hidden_size, generator=torch.Generator().manual_seed(3)) * 0.5
+    prefixes = [list(range(10, 10 + P)), [30, 31, 33, 1, 20]]  # unequal lengths: a left-padded batch
+    got = greedy_with_prompt(model, prompts, prefixes, 6, prompt_positions="overlap")
+    want = [_overlap_reference(model, prompts[i], prefixes[i], 6) for i in range(2)]
+    np.testing.assert_array_equal(got, np.array(want))
+    if family == "gpt2":
+        assert not np.array_equal(got, greedy_with_prompt(model, prompts, prefixes, 6))  # the setting is used
+    with pytest.raises(ValueError, match="prompt_positions"):
+        DSPConfig(prompt_positions="middle")
+
+
 def test_overlapping_attack_and_eval_pairs_are_refused():
     model = _gpt2()
     seqs = torch.randint(1, V, (6, P + S)).tolist()
@@ -133,11 +162,12 @@ def test_dsp_extracts_at_least_as_much_as_greedy_and_leaves_the_target_untouched
 def test_dsp_runs_on_a_sinks_model_in_drop_and_own_mode():
     model = memsinks.add_sinks(_gpt2(), memsinks.SinksConfig(p_gen=0.5)).eval()
     seqs = torch.randint(1, V, (10, P + S)).tolist()
-    cfg = DSPConfig(n_prompts=2, generator_layers=1, steps=3)
-    for mode in ("drop", "own"):
+    for mode, positions in (("drop", "shifted"), ("own", "shifted"), ("drop", "overlap")):
+        cfg = DSPConfig(n_prompts=2, generator_layers=1, steps=3, prompt_positions=positions)
         with memsinks.sinks_mode(model, mode):
             r = dsp_extraction(model, seqs[:6], seqs[6:], P, S, config=cfg)
         assert r.n_eval == 4 and r.dsp.n_sequences == 4
+        assert r.to_dict()["config"]["prompt_positions"] == positions
 
 
 def test_cli_attack_dsp_on_a_checkpoint(tmp_path, capsys):

@@ -161,7 +161,8 @@ def _run_dsp(model, members, tokenizer, args, progress: bool) -> dict:
             raise ValueError(f"--attack-split {args.attack_split} of {len(members)} members leaves no attack or no "
                              "evaluation sequences; give more members or --attack-pairs FILE.")
         attack, evals = members.subset(range(n_attack)), members.subset(range(n_attack, len(members)))
-    config = DSPConfig(n_prompts=args.dsp_prompts, steps=args.dsp_steps, lr=args.dsp_lr)
+    config = DSPConfig(n_prompts=args.dsp_prompts, steps=args.dsp_steps, lr=args.dsp_lr,
+                       prompt_positions=args.dsp_prompt_positions)
     out = dsp_extraction(model, attack.tokens, evals.tokens, args.prefix_len, args.suffix_len, attack_ids=attack.ids,
                          eval_ids=evals.ids, config=config, batch_size=args.batch_size, progress=progress).to_dict()
     out["attack_pairs"] = os.path.abspath(args.attack_pairs) if args.attack_pairs else f"members[:{len(attack)}]"
@@ -255,6 +256,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dsp-prompts", type=int, default=8, help="soft-prompt vectors m (default 8)")
     p.add_argument("--dsp-steps", type=int, default=300, help="training steps of each prompt (default 300)")
     p.add_argument("--dsp-lr", type=float, default=1e-3, help="learning rate of the prompts (default 1e-3)")
+    p.add_argument("--dsp-prompt-positions", choices=("shifted", "overlap"), default="shifted",
+                   help="shifted: the prefix follows the prompt's positions (the paper's attack); overlap: the prefix "
+                        "keeps positions from 0, as in a model trained on windows that start at 0")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--sinks-mode", choices=EVAL_MODES, help="sinks mode for the probes other than the sink gap "
                                                             "(default: the checkpoint's eval mode)")

@@ -38,6 +38,9 @@ from memsinks.probes.extraction import (
 )
 
 
+PROMPT_POSITIONS = ("shifted", "overlap")
+
+
 @dataclass
 class DSPConfig:
     """How the attacker's prompts are built and trained (static prompt and DSP alike).
@@ -48,6 +51,12 @@ class DSPConfig:
     ``batch_size`` attack pairs, AdamW at ``lr``; the last ``validation_share`` of the attack
     pairs is held out and the prompt with the lowest validation loss (checked every
     ``eval_every`` steps) is kept. ``max_prefix_len``: size of the generator's position table.
+
+    ``prompt_positions``: ``"shifted"`` (the paper's setting) gives the prompt positions
+    0..m-1 and moves the prefix to m..m+P-1; ``"overlap"`` gives the prompt positions 0..m-1
+    and leaves the prefix and suffix at 0..P+S-1, where a model trained on windows that start at
+    position 0 saw them. Against such a model a shifted prompt can hide what it memorized; an
+    attacker with the white-box access DSP needs chooses the position IDs, so try both.
     """
 
     n_prompts: int = 8
@@ -61,8 +70,12 @@ class DSPConfig:
     validation_share: float = 0.2
     eval_every: int = 25
     seed: int = 0
+    prompt_positions: str = "shifted"
 
     def __post_init__(self):
+        if self.prompt_positions not in PROMPT_POSITIONS:
+            raise ValueError(f"DSPConfig.prompt_positions must be one of {PROMPT_POSITIONS}; got "
+                             f"{self.prompt_positions!r}.")
         if not 0 <= self.validation_share < 1:
             raise ValueError(f"DSPConfig.validation_share must be in [0, 1); got {self.validation_share}.")
         for name in ("n_prompts", "generator_layers", "steps", "batch_size", "max_prefix_len", "eval_every"):
@@ -198,19 +211,30 @@ def _frozen(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def _prompt_position_ids(m: int, length: int, overlap: bool, device) -> torch.Tensor | None:
+    """Position IDs (1, m + length) for [prompt; tokens]: None (the model's default 0..m+length-1) when shifted,
+    0..m-1 then 0..length-1 when the tokens keep their own positions."""
+    if not overlap:
+        return None
+    return torch.cat([torch.arange(m, device=device), torch.arange(length, device=device)])[None]
+
+
 def _suffix_nll(model: nn.Module, prompt: torch.Tensor, pairs: torch.Tensor, prefix_len: int,
-                ids: torch.Tensor | None) -> torch.Tensor:
+                ids: torch.Tensor | None, overlap: bool = False) -> torch.Tensor:
     """Mean NLL (nats/token) of the suffix tokens given [prompt (B, m, d); pairs (B, P + S)]."""
     m = prompt.shape[1]
     embeds = torch.cat([prompt, model.get_input_embeddings()(pairs)], dim=1)
     kwargs = {} if ids is None else {"sequence_ids": ids}
+    position_ids = _prompt_position_ids(m, pairs.shape[1], overlap, pairs.device)
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids.expand(pairs.shape[0], -1)
     logits = model(inputs_embeds=embeds, use_cache=False, **kwargs).logits
     start = m + prefix_len - 1
     pred = logits[:, start:-1].float()
     return nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), pairs[:, prefix_len:].reshape(-1))
 
 
-def _mean_suffix_nll(model, make_prompt, pairs, prefix_len, ids, batch_size) -> float:
+def _mean_suffix_nll(model, make_prompt, pairs, prefix_len, ids, batch_size, overlap: bool = False) -> float:
     """Mean suffix NLL over all ``pairs`` (N, P + S), batched, without gradients."""
     n = pairs.shape[0]
     total = 0.0
@@ -218,7 +242,7 @@ def _mean_suffix_nll(model, make_prompt, pairs, prefix_len, ids, batch_size) -> 
         for s in range(0, n, batch_size):
             x = pairs[s:s + batch_size]
             total += _suffix_nll(model, make_prompt(x[:, :prefix_len]), x, prefix_len,
-                                 None if ids is None else ids[s:s + batch_size]).item() * x.shape[0]
+                                 None if ids is None else ids[s:s + batch_size], overlap).item() * x.shape[0]
     return total / n
 
 
@@ -240,9 +264,10 @@ def _train_prompt(model, make_prompt, params, pairs, prefix_len, ids, cfg: DSPCo
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = train_pairs.shape[0]
+    overlap = cfg.prompt_positions == "overlap"
 
     def validate() -> float:
-        return _mean_suffix_nll(model, make_prompt, val_pairs, prefix_len, val_ids, cfg.batch_size)
+        return _mean_suffix_nll(model, make_prompt, val_pairs, prefix_len, val_ids, cfg.batch_size, overlap)
 
     best = (validate(), 0, [p.detach().clone() for p in params]) if n_val else None
     steps = range(1, cfg.steps + 1)
@@ -254,7 +279,7 @@ def _train_prompt(model, make_prompt, params, pairs, prefix_len, ids, cfg: DSPCo
         batch = torch.randperm(n, generator=gen)[:cfg.batch_size].to(device)
         x = train_pairs[batch]
         loss = _suffix_nll(model, make_prompt(x[:, :prefix_len]), x, prefix_len,
-                           None if train_ids is None else train_ids[batch])
+                           None if train_ids is None else train_ids[batch], overlap)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: the attack's training loss became {loss.item()}; lower DSPConfig.lr.")
         opt.zero_grad(set_to_none=True)
@@ -268,7 +293,8 @@ def _train_prompt(model, make_prompt, params, pairs, prefix_len, ids, cfg: DSPCo
         with torch.no_grad():
             for p, kept in zip(params, best[2]):
                 p.copy_(kept)
-    out = {"train": _mean_suffix_nll(model, make_prompt, train_pairs, prefix_len, train_ids, cfg.batch_size),
+    out = {"train": _mean_suffix_nll(model, make_prompt, train_pairs, prefix_len, train_ids, cfg.batch_size,
+                                     overlap),
            "n_train": int(n), "n_validation": int(n_val)}
     if best is not None:
         out.update(validation=best[0], kept_step=best[1])
@@ -281,13 +307,18 @@ def greedy_with_prompt(
     prefixes: Sequence[Sequence[int]],
     max_new_tokens: int,
     sequence_ids: Sequence[int] | None = None,
+    prompt_positions: str = "shifted",
 ) -> np.ndarray:
     """Greedy continuations of [prompt_i; prefix_i] with the KV cache: int64 (N, max_new_tokens).
 
     ``prompts`` (N, m, d) are soft vectors in the target's input-embedding space. Rows are left
     padded (pads masked out, positions counted from each row's first real vector), so the
     result equals decoding each row alone with the full forward at every step.
+    ``prompt_positions``: ``"shifted"`` (prefix after the prompt's positions) or ``"overlap"``
+    (prefix and continuation at their own positions from 0; see ``DSPConfig``).
     """
+    if prompt_positions not in PROMPT_POSITIONS:
+        raise ValueError(f"prompt_positions must be one of {PROMPT_POSITIONS}; got {prompt_positions!r}.")
     model = unwrap(model)
     device = device_of(model)
     prefixes = as_token_lists(prefixes, "prefixes")
@@ -310,6 +341,8 @@ def greedy_with_prompt(
         embeds[i, L - len(p):L - len(p) + m] = prompts[i].to(device=device, dtype=tok.dtype)
     embeds[:, m:] = torch.where(real[:, :, None], tok, embeds[:, m:])
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    if prompt_positions == "overlap":  # a row's first m real vectors are its prompt; its prefix restarts at 0
+        pos = torch.where(pos >= m, pos - m, pos)
     kwargs = {}
     if sequence_ids is not None:
         kwargs["sequence_ids"] = torch.as_tensor(list(sequence_ids), dtype=torch.long, device=device)
@@ -338,7 +371,8 @@ def _score(generated: np.ndarray, target: np.ndarray, prefix_len: int, suffix_le
     return ExtractionResult.from_per_example(per_example, prefix_len, suffix_len)
 
 
-def _decode(model, make_prompt, sequences, prefix_len, suffix_len, ids, batch_size, progress, desc):
+def _decode(model, make_prompt, sequences, prefix_len, suffix_len, ids, batch_size, progress, desc,
+            prompt_positions: str = "shifted"):
     out = np.zeros((len(sequences), suffix_len), dtype=np.int64)
     device = device_of(model)
     with torch.no_grad():
@@ -346,7 +380,7 @@ def _decode(model, make_prompt, sequences, prefix_len, suffix_len, ids, batch_si
             chunk = [q[:prefix_len] for q in sequences[s:s + batch_size]]
             prompt = make_prompt(torch.tensor(chunk, dtype=torch.long, device=device))
             out[s:s + len(chunk)] = greedy_with_prompt(
-                model, prompt, chunk, suffix_len, None if ids is None else ids[s:s + batch_size])
+                model, prompt, chunk, suffix_len, None if ids is None else ids[s:s + batch_size], prompt_positions)
     return out
 
 
@@ -441,7 +475,7 @@ def dsp_extraction(
         results = {}
         for name, make in (("static", static_prompt), ("dsp", dynamic_prompt)):
             generated = _decode(model, make, evals, prefix_len, suffix_len, route_eval, batch_size, progress,
-                                f"{name} extraction")
+                                f"{name} extraction", config.prompt_positions)
             results[name] = _score(generated, target, prefix_len, suffix_len)
     return DSPResult(no_prompt=no_prompt, static=results["static"], dsp=results["dsp"], n_attack=len(attack),
                      n_eval=len(evals), config=config, train_loss=train_loss, attack_ids=a_pairs, eval_ids=e_pairs)
