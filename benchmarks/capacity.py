@@ -7,9 +7,10 @@ the model's capacity, about 3.6 bits per parameter (3.51 in bf16, 3.83 in fp32, 
 
 This script:
 1. trains tiny GPT-2-shaped models (``--sizes``) in fp32 on random sequences of growing
-   dataset size (``--dataset-sizes``, in multiples of the model's expected capacity) until the
-   memorized bits stop growing, measures them with ``memsinks.probes.memorized_bits`` (gain over
-   uniform, each sequence capped at its entropy), takes each model's plateau (the maximum over
+   dataset size (``--multiples``: 0.5, 1 and 2 times the paper's fp32 capacity of the model, in
+   bits of entropy) until the memorized bits stop growing (AdamW, learning rate cut on plateaus),
+   measures them with ``memsinks.probes.memorized_bits`` (gain over uniform, each sequence
+   capped at its entropy), takes each model's plateau (the maximum over
    dataset sizes) and fits bits per parameter (least squares through the origin);
 2. repeats it with split sinks for several sink fractions (``1 - p_gen``): bits with sinks
    ``own`` minus bits with sinks ``drop`` is the capacity that sits in the sinks.
@@ -39,8 +40,10 @@ from memsinks.probes import memorized_bits
 PAPER_FP32 = 3.83  # Morris et al. 2025, bits per parameter in fp32
 TOLERANCE = 0.15
 
-FULL = dict(sizes=[(16, 1), (24, 1), (32, 1), (32, 2)], multiples=[0.5, 1.0, 2.0, 4.0],
-            sink_size=(16, 1), sink_fractions=[0.1, 0.3, 0.5], max_epochs=2000, budget_minutes=38.0)
+# three dataset sizes: a 4x point costs as much as the other three together and added 1% (16x1) and 6% (24x1)
+# to the plateau (results/capacity/README.md)
+FULL = dict(sizes=[(16, 1), (24, 1), (32, 1), (32, 2)], multiples=[0.5, 1.0, 2.0],
+            sink_size=(16, 1), sink_fractions=[0.1, 0.3, 0.5], max_epochs=5000, budget_minutes=38.0)
 QUICK = dict(sizes=[(16, 1)], multiples=[0.5, 2.0], sink_size=(16, 1), sink_fractions=[0.3], max_epochs=60,
              budget_minutes=1.0)
 
@@ -80,15 +83,30 @@ def uniform_bits(model, data: torch.Tensor, ids: torch.Tensor | None) -> float:
 
 
 def train(model, data: torch.Tensor, ids: torch.Tensor | None, lr: float, batch_size: int, max_epochs: int,
-          check_every: int, tol: float, seconds: float) -> dict:
-    """AdamW until memorized bits grow by less than ``tol`` (relative) over ``check_every`` epochs.
+          check_every: int, tol: float, seconds: float, patience: int = 2, lr_drops: int = 3,
+          drop_factor: float = 0.3, anneal_at: float = 0.6) -> dict:
+    """AdamW with the learning rate cut on plateaus, until memorized bits stop growing at the lowest rate.
 
-    Also stops after ``max_epochs`` or ``seconds`` of training; ``stopped`` says which rule ended it
-    (anything but ``plateau`` means the run may sit below the model's capacity).
+    Every ``check_every`` epochs the memorized bits are measured; a check that does not beat the
+    best so far by ``tol`` (relative) is stale. After ``patience`` stale checks the learning rate
+    is multiplied by ``drop_factor``, up to ``lr_drops`` times; stale again after the last cut:
+    ``plateau``. Annealing matters: at a constant rate the bits sit in the optimizer's noise
+    (a 20k-parameter model gained another 8% once the rate was cut, see results/capacity/README.md),
+    and comparing each check with the previous one stopped runs on the first noisy dip. So that a
+    run cut short by its time share ``seconds`` still ends annealed, the cuts are forced at
+    ``anneal_at`` of that time and evenly after it. Also stops after ``max_epochs``; ``stopped``
+    says which rule ended it (``time`` or ``max_epochs``: the run may sit below capacity).
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(0)
-    last, epoch, stopped = -1.0, 0, "max_epochs"
+    best, stale, drops, epoch, stopped = -1.0, 0, 0, 0, "max_epochs"
+
+    def cut() -> None:
+        nonlocal drops, stale
+        for group in opt.param_groups:
+            group["lr"] *= drop_factor
+        drops, stale = drops + 1, 0
+
     start = time.perf_counter()
     for epoch in range(1, max_epochs + 1):
         model.train()
@@ -101,15 +119,40 @@ def train(model, data: torch.Tensor, ids: torch.Tensor | None, lr: float, batch_
         if epoch % check_every == 0:
             model.eval()
             now = uniform_bits(model, data, ids)
-            if last >= 0 and now - last <= tol * max(now, 1.0):
-                stopped = "plateau"
-                break
-            last = now
-        if time.perf_counter() - start > seconds:
+            if now > best * (1 + tol):
+                best, stale = now, 0
+            else:
+                stale += 1
+            if stale >= patience:
+                if drops == lr_drops:
+                    stopped = "plateau"
+                    break
+                cut()
+        elapsed = time.perf_counter() - start
+        if elapsed > seconds:
             stopped = "time"
             break
+        if drops < lr_drops and elapsed > seconds * (anneal_at + (1 - anneal_at) * drops / (lr_drops + 1)):
+            cut()
     model.eval()
-    return {"epochs": epoch, "stopped": stopped}
+    return {"epochs": epoch, "stopped": stopped, "lr_drops": drops}
+
+
+class Budget:
+    """Training time shared among the runs in proportion to their cost (sequences x parameters).
+
+    Each run gets the time left times its share of the cost left, so time that a run leaves
+    unused (it reached its plateau early) goes to the runs after it.
+    """
+
+    def __init__(self, seconds: float, cost: float):
+        self.left, self.cost = float(seconds), float(cost)
+
+    def share(self, cost: float) -> float:
+        return self.left * cost / self.cost if self.cost > 0 else 0.0
+
+    def spend(self, cost: float, seconds: float) -> None:
+        self.left, self.cost = max(0.0, self.left - seconds), max(0.0, self.cost - cost)
 
 
 def measure(vocab, seq_len, width, layers, n_seq, args, seconds: float, sinks_p_gen=None) -> dict:
@@ -126,7 +169,7 @@ def measure(vocab, seq_len, width, layers, n_seq, args, seconds: float, sinks_p_
         row["sink_fraction"] = round(1 - sinks_p_gen, 6)
     t = time.perf_counter()
     row.update(train(model, data, ids, args.lr, args.batch_size, args.max_epochs, args.check_every, args.tol,
-                     seconds))
+                     seconds, patience=args.patience, lr_drops=args.lr_drops))
     row["train_s"] = round(time.perf_counter() - t, 1)
     seqs = data.tolist()
     if sinks_p_gen is None:
@@ -165,12 +208,13 @@ def write_outputs(out: str, result: dict) -> None:
         f"within ±{int(TOLERANCE * 100)}%: {result['within_tolerance']}). Vocabulary {result['settings']['vocab']}, "
         f"sequence length {result['settings']['seq_len']}.", "",
         "| width x layers | parameters | sequences | dataset bits | memorized bits | bits/param | epochs "
-        "| stopped by |",
-        "|---|---|---|---|---|---|---|---|",
+        "| LR cuts | stopped by |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         lines.append(f"| {r['width']}x{r['layers']} | {r['n_params']} | {r['n_sequences']} | {r['dataset_bits']:.0f} | "
-                     f"{r['bits']:.0f} | {r['bits'] / r['n_params']:.2f} | {r['epochs']} | {r['stopped']} |")
+                     f"{r['bits']:.0f} | {r['bits'] / r['n_params']:.2f} | {r['epochs']} | {r['lr_drops']} | "
+                     f"{r['stopped']} |")
     lines += ["", "## Plateaus", "", "| width x layers | parameters | plateau bits | bits/param |", "|---|---|---|---|"]
     for p in result["plateaus"]:
         lines.append(f"| {p['width']}x{p['layers']} | {p['n_params']} | {p['bits']:.0f} | "
@@ -214,10 +258,15 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=os.path.join("benchmarks", "results", "capacity"))
     p.add_argument("--vocab", type=int, default=512)
     p.add_argument("--seq-len", type=int, default=32)
-    p.add_argument("--sizes", help="width x layers list, e.g. 16x1,32x2 (default: 4 sizes, 15k-90k parameters)")
+    p.add_argument("--sizes", help="width x layers list, e.g. 16x1,32x2 (default: 4 sizes, 12k-43k parameters)")
+    p.add_argument("--multiples", help="dataset sizes as multiples of the paper's capacity of each model, e.g. "
+                                       "0.5,1,2,4 (default 0.5,1,2; quick 0.5,2)")
     p.add_argument("--max-epochs", type=int)
     p.add_argument("--check-every", type=int, default=25, help="epochs between plateau checks")
-    p.add_argument("--tol", type=float, default=0.002, help="stop when memorized bits grow less than this share")
+    p.add_argument("--tol", type=float, default=0.002, help="a check is stale unless memorized bits beat the best so "
+                                                            "far by this share")
+    p.add_argument("--patience", type=int, default=2, help="stale checks before the learning rate is cut (x0.3)")
+    p.add_argument("--lr-drops", type=int, default=3, help="learning-rate cuts before a plateau ends the run")
     p.add_argument("--budget-minutes", type=float, help="training time for all runs together, shared in proportion "
                                                         "to each run's tokens x parameters (default 38; quick 1)")
     p.add_argument("--lr", type=float, default=1e-2)
@@ -235,25 +284,27 @@ def main(argv=None) -> dict:
     if args.budget_minutes is None:
         args.budget_minutes = preset["budget_minutes"]
     plan = [(w, l, n_params(build(args.vocab, args.seq_len, w, l, args.seed))) for w, l in sizes]
-    plan = [(w, l, n, dataset_sizes(n, preset["multiples"], args.seq_len, args.vocab)) for w, l, n in plan]
+    multiples = preset["multiples"] if not args.multiples else [float(m) for m in args.multiples.split(",")]
+    plan = [(w, l, n, dataset_sizes(n, multiples, args.seq_len, args.vocab)) for w, l, n in plan]
     sink_w, sink_l = preset["sink_size"]
     sink_n = n_params(build(args.vocab, args.seq_len, sink_w, sink_l, args.seed))
     sink_seq = dataset_sizes(sink_n, [1.0], args.seq_len, args.vocab)[0]
     work = sum(n * k for _, _, n, ks in plan for k in ks)
     if not args.no_sinks:
         work += len(preset["sink_fractions"]) * sink_n * sink_seq
-
-    def seconds(n: int, k: int) -> float:
-        return args.budget_minutes * 60 * n * k / work
+    budget = Budget(args.budget_minutes * 60, work)
 
     start = time.perf_counter()
     runs, plateaus = [], []
     for width, layers, n, n_seqs in plan:
         mine = []
         for n_seq in n_seqs:
-            row = measure(args.vocab, args.seq_len, width, layers, n_seq, args, seconds(n, n_seq))
+            row = measure(args.vocab, args.seq_len, width, layers, n_seq, args, budget.share(n * n_seq))
+            budget.spend(n * n_seq, row["train_s"])
             print(f"{width}x{layers} ({n} params) N={n_seq}: {row['bits']:.0f} bits = {row['bits'] / n:.2f} bits/param "
-                  f"({row['epochs']} epochs, stopped by {row['stopped']}, {row['train_s']} s)", flush=True)
+                  f"({row['epochs']} epochs, {row['lr_drops']} LR cuts, stopped by {row['stopped']}, "
+                  f"{row['train_s']} s)",
+                  flush=True)
             mine.append(row)
         runs += mine
         best = max(mine, key=lambda r: r["bits"])
@@ -263,8 +314,9 @@ def main(argv=None) -> dict:
     sinks = []
     if not args.no_sinks:
         for frac in preset["sink_fractions"]:
-            row = measure(args.vocab, args.seq_len, sink_w, sink_l, sink_seq, args, seconds(sink_n, sink_seq),
+            row = measure(args.vocab, args.seq_len, sink_w, sink_l, sink_seq, args, budget.share(sink_n * sink_seq),
                           sinks_p_gen=1 - frac)
+            budget.spend(sink_n * sink_seq, row["train_s"])
             print(f"sinks {frac:.2f} of MLP units, {sink_w}x{sink_l}, N={sink_seq}: own {row['bits_own']:.0f}, drop "
                   f"{row['bits_drop']:.0f}, in sinks {row['bits_in_sinks']:.0f} bits ({row['epochs']} epochs, stopped "
                   f"by {row['stopped']})", flush=True)
@@ -280,7 +332,9 @@ def main(argv=None) -> dict:
         "sinks": sinks,
         "settings": {"vocab": args.vocab, "seq_len": args.seq_len, "lr": args.lr, "batch_size": args.batch_size,
                      "max_epochs": args.max_epochs, "check_every": args.check_every, "tol": args.tol,
+                     "patience": args.patience, "lr_drops": args.lr_drops,
                      "budget_minutes": args.budget_minutes, "sizes": [f"{w}x{l}" for w, l in sizes],
+                     "multiples": multiples,
                      "p_mem": args.p_mem, "quick": args.quick, "threads": args.threads},
         "seconds": round(time.perf_counter() - start, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
