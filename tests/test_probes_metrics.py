@@ -272,3 +272,29 @@ def test_probe_set_from_files_and_datasets(tmp_path):
         ProbeSet.from_file(tmp_path / "bad.jsonl", tok)
     with pytest.raises(ValueError, match="pass the tokenizer"):
         ProbeSet.from_data(["text"], None)
+
+
+def test_memorized_bits_of_a_perfectly_memorized_sequence_is_its_entropy_and_of_an_unseen_one_about_zero():
+    """A GPT-2 trained until it predicts 8 random sequences perfectly holds each one's full entropy over the
+    uniform distribution, (T - 1) log2 V bits; on random sequences it never saw it holds about none."""
+    from tests.conftest import tiny_model
+
+    vocab, T = 64, 12
+    gen = torch.Generator().manual_seed(0)
+    seen = torch.randint(0, vocab, (8, T), generator=gen)
+    unseen = torch.randint(0, vocab, (8, T), generator=gen)
+    model = tiny_model("gpt2", vocab=vocab, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(300):
+        loss = model(seen, labels=seen).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    entropy = (T - 1) * math.log2(vocab)
+    held = memorized_bits(model, seen.tolist())
+    np.testing.assert_allclose(held.per_example["reference_bits"], entropy)
+    assert held.per_example["bits"].min() > 0.99 * entropy and held.per_example["bits"].max() <= entropy + 1e-6
+    fresh = memorized_bits(model, unseen.tolist())
+    assert fresh.total_bits < 0.02 * 8 * entropy  # of 528 bits of entropy, next to nothing
