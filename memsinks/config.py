@@ -7,12 +7,10 @@ safetensors, and that ``memsinks.from_pretrained`` reads back to rebuild identic
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from memsinks._saved_config import SavedConfig
 
 SINKS_CONFIG_NAME = "sinks_config.json"
 PLACEMENTS = ("split", "append")
@@ -22,7 +20,7 @@ MAX_SEQUENCE_ID = (1 << 63) - 1
 
 
 @dataclass
-class SinksConfig:
+class SinksConfig(SavedConfig):
     """How the MLP units of each selected block are split into shared units and a sink pool.
 
     Attributes:
@@ -52,6 +50,8 @@ class SinksConfig:
             ``add_sinks`` and used to restore the original architecture.
         model_type: the transformers ``model_type`` the sinks were attached to (filled in).
     """
+
+    CONFIG_NAME = SINKS_CONFIG_NAME
 
     p_gen: float = 0.7
     p_mem: float = 0.3
@@ -123,47 +123,12 @@ class SinksConfig:
             )
         return pool
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SinksConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        data = {k: v for k, v in data.items() if k != "memsinks_version"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, known, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ValueError(f"Unknown SinksConfig field(s): {', '.join(hints)}.")
-        return cls(**data)
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        """Write ``sinks_config.json`` into ``save_directory``; returns the file's path."""
-        from memsinks._version import __version__
-
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, SINKS_CONFIG_NAME)
-        payload = {"memsinks_version": __version__, **self.to_dict()}
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-        return path
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "SinksConfig":
-        """Read ``sinks_config.json`` from ``directory``."""
-        path = os.path.join(directory, SINKS_CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"No {SINKS_CONFIG_NAME} in {directory}: this is not a memsinks checkpoint. A plain transformers "
-                "model loads with AutoModelForCausalLM.from_pretrained; attach sinks with memsinks.add_sinks."
-            )
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+    def _missing_message(cls, directory) -> str:
+        return (
+            f"No {SINKS_CONFIG_NAME} in {directory}: this is not a memsinks checkpoint. A plain transformers "
+            "model loads with AutoModelForCausalLM.from_pretrained; attach sinks with memsinks.add_sinks."
+        )
 
 
 def validate_sequence_id(value: Any, what: str = "sequence id") -> int:

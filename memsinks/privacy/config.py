@@ -7,13 +7,11 @@ when it is made, so that a wrong setting fails before any data is touched, and t
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
+
+from memsinks._saved_config import SavedConfig
 
 PRIVACY_CONFIG_NAME = "privacy_config.json"
 ACCOUNTANTS = ("prv", "rdp")
@@ -26,7 +24,7 @@ def _is_number(value: Any) -> bool:
 
 
 @dataclass
-class PrivacyConfig:
+class PrivacyConfig(SavedConfig):
     """DP-SGD settings: what is protected, how much noise, how gradients are clipped.
 
     Attributes:
@@ -57,6 +55,8 @@ class PrivacyConfig:
             clipped gradients are summed before the one noisy optimizer step. ``None``
             means the Trainer's ``per_device_train_batch_size``.
     """
+
+    CONFIG_NAME = PRIVACY_CONFIG_NAME
 
     target_epsilon: float | None = None
     noise_multiplier: float | None = None
@@ -107,46 +107,11 @@ class PrivacyConfig:
                 f"PrivacyConfig.physical_batch_size must be a positive int or None; got {self.physical_batch_size!r}."
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PrivacyConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        data = {k: v for k, v in data.items() if k != "memsinks_version"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, known, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ValueError(f"Unknown PrivacyConfig field(s): {', '.join(hints)}.")
-        return cls(**data)
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        """Write ``privacy_config.json`` into ``save_directory`` (atomically); returns its path."""
-        from memsinks._version import __version__
-
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, PRIVACY_CONFIG_NAME)
-        payload = {"memsinks_version": __version__, **self.to_dict()}
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-        return path
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "PrivacyConfig":
-        """Read ``privacy_config.json`` from ``directory``."""
-        path = os.path.join(directory, PRIVACY_CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"No {PRIVACY_CONFIG_NAME} in {directory}: it was not written by a run under memsinks.make_private."
-            )
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+    def _missing_message(cls, directory) -> str:
+        return (
+            f"No {PRIVACY_CONFIG_NAME} in {directory}: it was not written by a run under memsinks.make_private."
+        )
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
