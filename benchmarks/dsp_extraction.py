@@ -39,7 +39,6 @@ import platform
 import random
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import asdict, replace
 
@@ -49,9 +48,9 @@ import torch  # noqa: E402
 
 import memsinks  # noqa: E402
 from memorization_lib.data import build_scenario1, load_text, scenario1_tokenizer  # noqa: E402
-from memorization_lib.models import build_decoder  # noqa: E402
+from memorization_lib.scenario1 import scenario1_model  # noqa: E402
 from memorization_lib.settings import ModelShape, Scenario1Settings, to_dict  # noqa: E402
-from memorization_lib.training import rows_dataset, steps_for, train_arm  # noqa: E402
+from memorization_lib.training import steps_for, train_scenario_arm  # noqa: E402
 from memsinks.probes.dsp import DSPConfig, dsp_extraction  # noqa: E402
 from memsinks.probes.extraction import ExtractionResult  # noqa: E402
 
@@ -91,15 +90,10 @@ def train_scenario1_arm(arm: str, data, tokenizer, s: Scenario1Settings, seed: i
     """One scenario-1 arm (``standard`` or ``memsinks``) trained as ``memorization_lib.scenario1.run_seed`` does."""
     rows = data.training_rows(s.repeats, s.repeats)
     max_steps = steps_for(len(rows), s.epochs, s.batch_size)
-    model = build_decoder(s.model, len(tokenizer), tokenizer.pad_token_id, seed)
     with_sinks = arm == "memsinks"
-    if with_sinks:
-        memsinks.add_sinks(model, memsinks.SinksConfig(placement="split", p_gen=s.p_gen, p_mem=s.p_mem,
-                                                       routing_seed=seed))
-    with tempfile.TemporaryDirectory() as tmp:
-        run = train_arm(model, tokenizer, rows_dataset(rows, seed, with_ids=with_sinks),
-                        output_dir=os.path.join(tmp, arm), max_steps=max_steps, batch_size=s.batch_size,
-                        learning_rate=s.learning_rate, seed=seed, log_points=s.log_points)
+    model = scenario1_model(s, tokenizer, seed, with_sinks)
+    run = train_scenario_arm(arm, model, tokenizer, rows, rows, {}, s, seed=seed, max_steps=max_steps,
+                             learning_rate=s.learning_rate, with_sinks=with_sinks)
     model.eval()
     return model, {"steps": run.steps, "tokens": run.tokens, "train_seconds": round(run.seconds, 1)}
 

@@ -14,17 +14,14 @@ and batch size, so the same number of tokens):
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 
 import memsinks
 
 from .data import build_scenario1
-from .goldfish import GoldfishCollator
 from .metrics import evaluate_scenario1
 from .models import build_decoder
-from .training import LossCurveCallback, rows_dataset, steps_for, train_arm
+from .training import steps_for, train_scenario_arm
 
 TRAINING_ARMS = ("standard", "dedup", "goldfish", "dp", "memsinks")
 SINK_MODES = ("drop", "own", "mean")
@@ -42,6 +39,17 @@ def reported_arms(training_arms) -> list[str]:
     return out
 
 
+def scenario1_model(s, tokenizer, seed: int, with_sinks: bool, sinks_config: dict | None = None):
+    """An arm's freshly initialised decoder, with split sinks (the settings' p_gen / p_mem, routing seeded by
+    ``seed``, overridden by ``sinks_config``) when ``with_sinks``."""
+    model = build_decoder(s.model, len(tokenizer), tokenizer.pad_token_id, seed)
+    if with_sinks:
+        cfg = dict(placement="split", p_gen=s.p_gen, p_mem=s.p_mem, routing_seed=seed)
+        cfg.update(sinks_config or {})
+        memsinks.add_sinks(model, memsinks.SinksConfig(**cfg))
+    return model
+
+
 def run_seed(text: str, source: str, tokenizer, s, seed: int, *, arms=TRAINING_ARMS, echo=print,
              sinks_config: dict | None = None) -> dict:
     """Train and measure every arm for one seed.
@@ -53,7 +61,6 @@ def run_seed(text: str, source: str, tokenizer, s, seed: int, *, arms=TRAINING_A
     std_rows = data.training_rows(s.repeats, s.repeats)
     dedup_rows = data.training_rows(1, 1)
     max_steps = steps_for(len(std_rows), s.epochs, s.batch_size)
-    pad = tokenizer.pad_token_id
     out = {"arms": {}, "curves": {}, "skipped": {}, "data": {
         "source": source, "unique_windows": len(data.split.train), "repeated_windows": len(data.split.repeated),
         "heldout_windows": len(data.split.heldout), "canaries": len(data.canaries), "training_rows": len(std_rows),
@@ -66,35 +73,16 @@ def run_seed(text: str, source: str, tokenizer, s, seed: int, *, arms=TRAINING_A
             out["skipped"][arm] = "memsinks.make_private / memsinks.PrivacyConfig are not in this checkout"
             echo(f"  [seed {seed}] {arm}: skipped ({out['skipped'][arm]})")
             continue
-        model = build_decoder(s.model, len(tokenizer), pad, seed)
         with_sinks = arm == "memsinks"
-        if with_sinks:
-            cfg = dict(placement="split", p_gen=s.p_gen, p_mem=s.p_mem, routing_seed=seed)
-            cfg.update(sinks_config or {})
-            memsinks.add_sinks(model, memsinks.SinksConfig(**cfg))
-        ds = rows_dataset(dedup_rows if arm == "dedup" else std_rows, seed, with_ids=with_sinks)
-        probe_sets = {k: (v, [memsinks.content_id(x) for x in v]) for k, v in probe.items()}
-        curve = LossCurveCallback(model, probe_sets, max_steps // s.curve_points, pad,
-                                  modes=("drop", "own") if with_sinks else ())
-        privacy = None
-        lr = s.learning_rate
-        if arm == "dp":
-            privacy = memsinks.PrivacyConfig(target_epsilon=s.dp_epsilon, max_grad_norm=s.dp_max_grad_norm)
-            lr = s.dp_learning_rate or lr
-        wrapper = (lambda c: GoldfishCollator(c, s.goldfish_k, s.goldfish_h)) if arm == "goldfish" else None
-        with tempfile.TemporaryDirectory() as tmp:
-            run = train_arm(model, tokenizer, ds, output_dir=os.path.join(tmp, arm), max_steps=max_steps,
-                            batch_size=s.batch_size, learning_rate=lr, seed=seed, collator_wrapper=wrapper,
-                            privacy=privacy, curve=curve, log_points=s.log_points)
+        model = scenario1_model(s, tokenizer, seed, with_sinks, sinks_config)
+        run = train_scenario_arm(arm, model, tokenizer, std_rows, dedup_rows, probe, s, seed=seed, max_steps=max_steps,
+                                 learning_rate=s.learning_rate, with_sinks=with_sinks)
         start = time.perf_counter()
         modes = SINK_MODES if with_sinks else (None,)
         for mode in modes:
             name = f"memsinks_{mode}" if mode else arm
             metrics = evaluate_scenario1(model, data, mode, s, seed)
-            metrics.update({"tokens_per_s": run.tokens_per_s, "train_seconds": run.seconds, "steps": run.steps,
-                            "tokens": run.tokens})
-            if run.epsilon is not None:
-                metrics["epsilon"] = run.epsilon
+            metrics.update(run.stats())
             out["arms"][name] = metrics
         eval_s = time.perf_counter() - start
         out["curves"][arm] = {"train_loss": run.loss_curve(), "probe": run.curves}

@@ -17,7 +17,6 @@ The base model is the reference of the membership-inference and memorized-bits p
 from __future__ import annotations
 
 import copy
-import os
 import random
 import tempfile
 import time
@@ -26,11 +25,10 @@ import memsinks
 from memsinks.corpus import split_text_windows, train_tokenizer
 
 from .data import build_scenario2, make_report
-from .goldfish import GoldfishCollator
 from .metrics import evaluate_scenario2
 from .models import build_decoder, load_pretrained
 from .scenario1 import SINK_MODES, privacy_available
-from .training import LossCurveCallback, rows_dataset, steps_for, train_arm
+from .training import rows_dataset, steps_for, train_arm, train_scenario_arm
 
 
 def training_arms(s) -> list[str]:
@@ -101,7 +99,6 @@ def run_seed(base: dict, s, seed: int, *, echo=print) -> dict:
     std_rows = data.training_rows()
     dedup_rows = data.training_rows(dedup=True)
     max_steps = steps_for(len(std_rows), s.epochs, s.batch_size)
-    pad = tok.pad_token_id
     top = str(max(s.repeat_groups))
     out = {"arms": {}, "curves": {}, "skipped": {}, "data": {
         "background_records": len(data.background), "repeat_groups": {str(n): len(r) for n, r in data.groups.items()},
@@ -124,29 +121,14 @@ def run_seed(base: dict, s, seed: int, *, echo=print) -> dict:
             _, target, rank = arm.split("_")
             model = _lora(model, s.lora_targets[target], int(rank[1:]))
             lr = s.lora_learning_rate
-        ds = rows_dataset(dedup_rows if arm == "dedup" else std_rows, seed, with_ids=with_sinks)
-        probe_sets = {k: (v, [memsinks.content_id(x) for x in v]) for k, v in probe.items()}
-        curve = LossCurveCallback(model, probe_sets, max_steps // s.curve_points, pad,
-                                  modes=("drop", "own") if with_sinks else ())
-        privacy = None
-        if arm == "dp":
-            privacy = memsinks.PrivacyConfig(target_epsilon=s.dp_epsilon, max_grad_norm=s.dp_max_grad_norm)
-            lr = s.dp_learning_rate or lr
-        wrapper = (lambda c: GoldfishCollator(c, s.goldfish_k, s.goldfish_h)) if arm == "goldfish" else None
-        with tempfile.TemporaryDirectory() as tmp:
-            run = train_arm(model, tok, ds, output_dir=os.path.join(tmp, arm), max_steps=max_steps,
-                            batch_size=s.batch_size, learning_rate=lr, seed=seed, collator_wrapper=wrapper,
-                            privacy=privacy, curve=curve, warmup_steps=5,
-                            log_points=s.log_points)
+        run = train_scenario_arm(arm, model, tok, std_rows, dedup_rows, probe, s, seed=seed, max_steps=max_steps,
+                                 learning_rate=lr, with_sinks=with_sinks, warmup_steps=5)
         model.eval()
         start = time.perf_counter()
         for mode in (SINK_MODES if with_sinks else (None,)):
             name = f"memsinks_{mode}" if mode else arm
             metrics = evaluate_scenario2(model, data, mode, base["model"], s, seed)
-            metrics.update({"tokens_per_s": run.tokens_per_s, "train_seconds": run.seconds, "steps": run.steps,
-                            "tokens": run.tokens})
-            if run.epsilon is not None:
-                metrics["epsilon"] = run.epsilon
+            metrics.update(run.stats())
             out["arms"][name] = metrics
         out["curves"][arm] = {"train_loss": run.loss_curve(), "probe": run.curves}
         m = out["arms"]["memsinks_drop" if with_sinks else arm]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -85,6 +87,14 @@ class TrainRun:
 
     def loss_curve(self) -> list[tuple[int, float]]:
         return [(int(e["step"]), float(e["loss"])) for e in self.log_history if "loss" in e and "step" in e]
+
+    def stats(self) -> dict:
+        """The training figures every arm's metrics carry (and ε under DP-SGD)."""
+        out = {"tokens_per_s": self.tokens_per_s, "train_seconds": self.seconds, "steps": self.steps,
+               "tokens": self.tokens}
+        if self.epsilon is not None:
+            out["epsilon"] = self.epsilon
+        return out
 
 
 class _CurveTimer(TrainerCallback):
@@ -164,3 +174,29 @@ def train_arm(
     return TrainRun(seconds=seconds, tokens=counting.tokens, steps=int(trainer.state.global_step),
                     log_history=list(trainer.state.log_history), curves=list(curve.points) if curve else [],
                     epsilon=epsilon)
+
+
+def train_scenario_arm(arm: str, model, tokenizer, std_rows: list, dedup_rows: list, probe: dict, s, *, seed: int,
+                       max_steps: int, learning_rate: float, with_sinks: bool, **train_kwargs) -> TrainRun:
+    """Train one arm of either scenario: what defines the arm mapped onto ``train_arm``.
+
+    ``dedup`` trains on ``dedup_rows`` (others on ``std_rows``), ``goldfish`` wraps the collator,
+    ``dp`` goes through ``memsinks.make_private`` at the settings' ε (and DP learning rate, if
+    set); ``probe`` ({name: token rows}) is measured along training, in ``drop`` and ``own``
+    modes when the model has sinks. ``s``: the scenario's settings.
+    """
+    from .goldfish import GoldfishCollator
+
+    ds = rows_dataset(dedup_rows if arm == "dedup" else std_rows, seed, with_ids=with_sinks)
+    probe_sets = {k: (v, [memsinks.content_id(x) for x in v]) for k, v in probe.items()}
+    curve = LossCurveCallback(model, probe_sets, max_steps // s.curve_points, tokenizer.pad_token_id,
+                              modes=("drop", "own") if with_sinks else ())
+    privacy = None
+    if arm == "dp":
+        privacy = memsinks.PrivacyConfig(target_epsilon=s.dp_epsilon, max_grad_norm=s.dp_max_grad_norm)
+        learning_rate = s.dp_learning_rate or learning_rate
+    wrapper = (lambda c: GoldfishCollator(c, s.goldfish_k, s.goldfish_h)) if arm == "goldfish" else None
+    with tempfile.TemporaryDirectory() as tmp:
+        return train_arm(model, tokenizer, ds, output_dir=os.path.join(tmp, arm), max_steps=max_steps,
+                         batch_size=s.batch_size, learning_rate=learning_rate, seed=seed, collator_wrapper=wrapper,
+                         privacy=privacy, curve=curve, log_points=s.log_points, **train_kwargs)
