@@ -11,9 +11,10 @@ a static soft prompt and moves away from it smoothly, which the paper credits fo
 ``dsp_extraction`` trains, on the attacker's pairs, a static soft prompt (``m`` constant
 vectors) and the DSP generator with the same objective, steps and learning rate (the generator
 starts from the trained static prompt: its identity blocks output the queries, set to that
-prompt, so DSP begins where the static baseline ended), then decodes
-greedily on disjoint evaluation sequences and reports three ``ExtractionResult``s from one run:
-no prompt (the plain greedy probe), static prompt, DSP. The target model is never updated.
+prompt, so DSP begins where the static baseline ended), then decodes greedily on disjoint
+evaluation sequences with the probes' batched decoder (``generation.generate_from_embeddings``)
+and reports three ``ExtractionResult``s from one run: no prompt (the plain greedy probe),
+static prompt, DSP. The target model is never updated.
 
 Shapes: B batch, P prefix length, S suffix length, m prompt length, d the target's hidden size.
 """
@@ -23,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from memsinks.data import content_id
 from memsinks.probes._common import (
@@ -36,6 +38,7 @@ from memsinks.probes._common import (
 from memsinks.probes.extraction import (
     ExtractionResult, exact_match, extraction, longest_common_ngram, token_accuracy,
 )
+from memsinks.probes.generation import generate_from_embeddings
 
 
 PROMPT_POSITIONS = ("shifted", "overlap")
@@ -211,91 +214,92 @@ def _frozen(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _prompt_position_ids(m: int, length: int, overlap: bool, device) -> torch.Tensor | None:
-    """Position IDs (1, m + length) for [prompt; tokens]: None (the model's default 0..m+length-1) when shifted,
-    0..m-1 then 0..length-1 when the tokens keep their own positions."""
-    if not overlap:
-        return None
-    return torch.cat([torch.arange(m, device=device), torch.arange(length, device=device)])[None]
+@dataclass
+class _Pairs:
+    """The attacker's (prefix, suffix) pairs: tokens (N, P + S) and routing IDs (N,) or None."""
+
+    tokens: torch.Tensor
+    ids: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def __getitem__(self, index) -> "_Pairs":
+        return _Pairs(self.tokens[index], None if self.ids is None else self.ids[index])
+
+    def split(self, share: float) -> tuple["_Pairs", "_Pairs"]:
+        """Training pairs and the last ``share`` of them (at least one, given 5 pairs or more) for validation."""
+        n_val = max(1, int(round(share * len(self)))) if len(self) >= 5 and share > 0 else 0
+        return self[:len(self) - n_val], self[len(self) - n_val:]
 
 
-def _suffix_nll(model: nn.Module, prompt: torch.Tensor, pairs: torch.Tensor, prefix_len: int,
-                ids: torch.Tensor | None, overlap: bool = False) -> torch.Tensor:
-    """Mean NLL (nats/token) of the suffix tokens given [prompt (B, m, d); pairs (B, P + S)]."""
-    m = prompt.shape[1]
-    embeds = torch.cat([prompt, model.get_input_embeddings()(pairs)], dim=1)
-    kwargs = {} if ids is None else {"sequence_ids": ids}
-    position_ids = _prompt_position_ids(m, pairs.shape[1], overlap, pairs.device)
-    if position_ids is not None:
-        kwargs["position_ids"] = position_ids.expand(pairs.shape[0], -1)
-    logits = model(inputs_embeds=embeds, use_cache=False, **kwargs).logits
-    start = m + prefix_len - 1
-    pred = logits[:, start:-1].float()
-    return nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), pairs[:, prefix_len:].reshape(-1))
+@dataclass
+class _Objective:
+    """The attack's loss: the frozen target's suffix NLL after the prompt that ``make_prompt`` gives a prefix."""
+
+    model: nn.Module
+    make_prompt: Callable[[torch.Tensor], torch.Tensor]
+    prefix_len: int
+    overlap: bool
+    batch_size: int
+
+    def __call__(self, pairs: _Pairs) -> torch.Tensor:
+        """The mean NLL (nats/token) of the suffix tokens of a batch, given [prompt (B, m, d); pair (B, P + S)]."""
+        x, P = pairs.tokens, self.prefix_len
+        prompt = self.make_prompt(x[:, :P])
+        m = prompt.shape[1]
+        kwargs = {} if pairs.ids is None else {"sequence_ids": pairs.ids}
+        if self.overlap:  # the prompt at positions 0..m-1, the pair at its own 0..P+S-1
+            kwargs["position_ids"] = torch.cat([torch.arange(m), torch.arange(x.shape[1])]).to(x.device).expand(
+                x.shape[0], -1)
+        embeds = torch.cat([prompt, self.model.get_input_embeddings()(x)], dim=1)
+        pred = self.model(inputs_embeds=embeds, use_cache=False, **kwargs).logits[:, m + P - 1:-1].float()
+        return nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), x[:, P:].reshape(-1))
+
+    def mean(self, pairs: _Pairs) -> float:
+        """The loss over all ``pairs``, batched, without gradients."""
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, len(pairs), self.batch_size):
+                batch = pairs[start:start + self.batch_size]
+                total += self(batch).item() * len(batch)
+        return total / len(pairs)
 
 
-def _mean_suffix_nll(model, make_prompt, pairs, prefix_len, ids, batch_size, overlap: bool = False) -> float:
-    """Mean suffix NLL over all ``pairs`` (N, P + S), batched, without gradients."""
-    n = pairs.shape[0]
-    total = 0.0
-    with torch.no_grad():
-        for s in range(0, n, batch_size):
-            x = pairs[s:s + batch_size]
-            total += _suffix_nll(model, make_prompt(x[:, :prefix_len]), x, prefix_len,
-                                 None if ids is None else ids[s:s + batch_size], overlap).item() * x.shape[0]
-    return total / n
-
-
-def _train_prompt(model, make_prompt, params, pairs, prefix_len, ids, cfg: DSPConfig, progress: bool,
+def _train_prompt(loss: _Objective, params: list[nn.Parameter], pairs: _Pairs, cfg: DSPConfig, progress: bool,
                   desc: str) -> dict:
-    """Optimise ``params`` so that ``make_prompt(prefix_tokens)`` maximises the suffix likelihood.
+    """Optimise ``params`` (AdamW) on random batches of the attacker's pairs to lower ``loss``.
 
-    The last ``validation_share`` of the attacker's pairs (at least one, when there are 5 or more)
-    is held out for model selection: every ``eval_every`` steps the validation loss is measured and
-    the parameters with the lowest one (the initial ones included) are kept, so a prompt that
-    overfits the attacker's few pairs is not the one evaluated. Returns final train / validation
-    losses (nats/token) and the step that was kept.
+    The last ``validation_share`` of the pairs is held out for model selection: every
+    ``eval_every`` steps the validation loss is measured and the parameters with the lowest one
+    (the initial ones included) are kept, so a prompt that overfits the attacker's few pairs is
+    not the one evaluated. Returns the kept prompt's train / validation losses (nats/token) and
+    the step that was kept.
     """
-    device = device_of(model)
-    n_val = max(1, int(round(cfg.validation_share * len(pairs)))) if len(pairs) >= 5 and cfg.validation_share > 0 else 0
-    train_pairs, val_pairs = pairs[:len(pairs) - n_val], pairs[len(pairs) - n_val:]
-    train_ids = None if ids is None else ids[:len(pairs) - n_val]
-    val_ids = None if ids is None else ids[len(pairs) - n_val:]
-    gen = torch.Generator().manual_seed(cfg.seed)
+    train, val = pairs.split(cfg.validation_share)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = train_pairs.shape[0]
-    overlap = cfg.prompt_positions == "overlap"
-
-    def validate() -> float:
-        return _mean_suffix_nll(model, make_prompt, val_pairs, prefix_len, val_ids, cfg.batch_size, overlap)
-
-    best = (validate(), 0, [p.detach().clone() for p in params]) if n_val else None
+    order = torch.Generator().manual_seed(cfg.seed)
+    best = (loss.mean(val), 0, parameters_to_vector(params).detach().clone()) if len(val) else None
     steps = range(1, cfg.steps + 1)
     if progress:
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc=desc, unit="step", leave=False)
     for step in steps:
-        batch = torch.randperm(n, generator=gen)[:cfg.batch_size].to(device)
-        x = train_pairs[batch]
-        loss = _suffix_nll(model, make_prompt(x[:, :prefix_len]), x, prefix_len,
-                           None if train_ids is None else train_ids[batch], overlap)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: the attack's training loss became {loss.item()}; lower DSPConfig.lr.")
+        value = loss(train[torch.randperm(len(train), generator=order)[:cfg.batch_size].to(train.tokens.device)])
+        if not torch.isfinite(value):
+            raise FloatingPointError(f"{desc}: the attack's training loss became {value.item()}; lower DSPConfig.lr.")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         opt.step()
         if best is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-            val = validate()
-            if val < best[0]:
-                best = (val, step, [p.detach().clone() for p in params])
+            val_loss = loss.mean(val)
+            if val_loss < best[0]:
+                best = (val_loss, step, parameters_to_vector(params).detach().clone())
     if best is not None:
         with torch.no_grad():
-            for p, kept in zip(params, best[2]):
-                p.copy_(kept)
-    out = {"train": _mean_suffix_nll(model, make_prompt, train_pairs, prefix_len, train_ids, cfg.batch_size,
-                                     overlap),
-           "n_train": int(n), "n_validation": int(n_val)}
+            vector_to_parameters(best[2], params)
+    out = {"train": loss.mean(train), "n_train": len(train), "n_validation": len(val)}
     if best is not None:
         out.update(validation=best[0], kept_step=best[1])
     return out
@@ -309,11 +313,11 @@ def greedy_with_prompt(
     sequence_ids: Sequence[int] | None = None,
     prompt_positions: str = "shifted",
 ) -> np.ndarray:
-    """Greedy continuations of [prompt_i; prefix_i] with the KV cache: int64 (N, max_new_tokens).
+    """Greedy continuations of [prompt_i; prefix_i]: int64 (N, max_new_tokens).
 
-    ``prompts`` (N, m, d) are soft vectors in the target's input-embedding space. Rows are left
-    padded (pads masked out, positions counted from each row's first real vector), so the
-    result equals decoding each row alone with the full forward at every step.
+    ``prompts`` (N, m, d) are soft vectors in the target's input-embedding space; the rows are
+    decoded by ``generation.generate_from_embeddings`` (left padded, KV cache), which equals
+    decoding each row alone with the full forward at every step.
     ``prompt_positions``: ``"shifted"`` (prefix after the prompt's positions) or ``"overlap"``
     (prefix and continuation at their own positions from 0; see ``DSPConfig``).
     """
@@ -325,40 +329,12 @@ def greedy_with_prompt(
     N, m, _ = prompts.shape
     if N != len(prefixes):
         raise ValueError(f"Got {N} prompts for {len(prefixes)} prefixes; give one prompt per prefix.")
-    L = max(len(p) for p in prefixes)
-    T = m + L
-    ids = torch.zeros((N, L), dtype=torch.long)
-    real = torch.zeros((N, L), dtype=torch.bool)  # real prefix tokens, left padded
-    mask = torch.zeros((N, T), dtype=torch.long)  # row i: pads, then its prompt, then its prefix
-    for i, p in enumerate(prefixes):
-        ids[i, L - len(p):] = torch.tensor(p, dtype=torch.long)
-        real[i, L - len(p):] = True
-        mask[i, L - len(p):] = 1
-    ids, real, mask = ids.to(device), real.to(device), mask.to(device)
-    tok = model.get_input_embeddings()(ids)
-    embeds = torch.zeros((N, T, tok.shape[-1]), dtype=tok.dtype, device=device)
-    for i, p in enumerate(prefixes):
-        embeds[i, L - len(p):L - len(p) + m] = prompts[i].to(device=device, dtype=tok.dtype)
-    embeds[:, m:] = torch.where(real[:, :, None], tok, embeds[:, m:])
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    if prompt_positions == "overlap":  # a row's first m real vectors are its prompt; its prefix restarts at 0
-        pos = torch.where(pos >= m, pos - m, pos)
-    kwargs = {}
-    if sequence_ids is not None:
-        kwargs["sequence_ids"] = torch.as_tensor(list(sequence_ids), dtype=torch.long, device=device)
-    out = torch.zeros((N, max_new_tokens), dtype=torch.long, device=device)
-    res = model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
-    last = pos[:, -1:]
-    for step in range(max_new_tokens):
-        nxt = res.logits[:, -1].argmax(dim=-1)
-        out[:, step] = nxt
-        if step + 1 == max_new_tokens:
-            break
-        mask = torch.cat([mask, mask.new_ones(N, 1)], dim=1)
-        last = last + 1
-        res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last,
-                    past_key_values=res.past_key_values, use_cache=True, **kwargs)
-    return out.cpu().numpy()
+    emb = model.get_input_embeddings()
+    with torch.no_grad():
+        rows = [torch.cat([prompts[i].to(device=device, dtype=emb.weight.dtype),
+                           emb(torch.tensor(p, dtype=torch.long, device=device))]) for i, p in enumerate(prefixes)]
+    positions = [list(range(m)) + list(range(len(p))) for p in prefixes] if prompt_positions == "overlap" else None
+    return generate_from_embeddings(model, rows, max_new_tokens, sequence_ids, positions)
 
 
 def _score(generated: np.ndarray, target: np.ndarray, prefix_len: int, suffix_len: int) -> ExtractionResult:
@@ -439,8 +415,8 @@ def dsp_extraction(
     no_prompt = extraction(model, evals, prefix_len, suffix_len, sequence_ids=route_eval, batch_size=batch_size,
                            progress=progress)
     target = np.array([s[prefix_len:prefix_len + suffix_len] for s in evals], dtype=np.int64)
-    pairs = torch.tensor([s[:prefix_len + suffix_len] for s in attack], dtype=torch.long, device=device)
-    route_t = None if route_attack is None else torch.tensor(route_attack, dtype=torch.long, device=device)
+    pairs = _Pairs(torch.tensor([s[:prefix_len + suffix_len] for s in attack], dtype=torch.long, device=device),
+                   None if route_attack is None else torch.tensor(route_attack, dtype=torch.long, device=device))
 
     emb_layer = model.get_input_embeddings()
     d = emb_layer.weight.shape[1]
@@ -461,16 +437,19 @@ def dsp_extraction(
         embeds = emb_layer(prefix).detach().float()
         return generator(embeds, torch.ones_like(prefix)).to(dtype)
 
+    def objective(make_prompt) -> _Objective:
+        return _Objective(model, make_prompt, prefix_len, config.prompt_positions == "overlap", config.batch_size)
+
     train_loss = {}
     with _frozen(model):
         with torch.enable_grad():
-            train_loss["static"] = _train_prompt(model, static_prompt, [static], pairs, prefix_len, route_t, config,
-                                                 progress, "static prompt")
+            train_loss["static"] = _train_prompt(objective(static_prompt), [static], pairs, config, progress,
+                                                 "static prompt")
             with torch.no_grad():  # identity blocks: the generator starts as the trained static prompt
                 generator.queries.copy_(static)
             generator.train()
-            train_loss["dsp"] = _train_prompt(model, dynamic_prompt, list(generator.parameters()), pairs, prefix_len,
-                                              route_t, config, progress, "DSP generator")
+            train_loss["dsp"] = _train_prompt(objective(dynamic_prompt), list(generator.parameters()), pairs, config,
+                                              progress, "DSP generator")
             generator.eval()
         results = {}
         for name, make in (("static", static_prompt), ("dsp", dynamic_prompt)):
