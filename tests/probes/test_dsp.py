@@ -15,13 +15,6 @@ from tests.conftest import tiny_model
 V, P, S, M = 64, 8, 8, 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _gpt2(seed=0):
     return tiny_model("gpt2", vocab=V, seed=seed).eval()
