@@ -168,7 +168,8 @@ def generate_from_embeddings(
     config = _generation_config(max_new_tokens, resolve_pad_token_id(model, None), 0, 0)
     embeds, mask, pos = _left_padded_rows(list(rows), None if positions is None else list(positions), device)
     with eval_mode(model), _only_generation_config(model, config):
-        return _generate(model, config, sequence_ids, inputs_embeds=embeds, attention_mask=mask, position_ids=pos).cpu().numpy()
+        new = _generate(model, config, sequence_ids, inputs_embeds=embeds, attention_mask=mask, position_ids=pos)
+    return new.cpu().numpy()
 
 
 def _generate(model: nn.Module, config, sequence_ids: Sequence[int] | None, **inputs) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 
 import memsinks
 from memsinks.probes import DSPConfig, PromptGenerator, dsp_extraction
-from memsinks.probes.dsp import greedy_with_prompt, initial_prompt
+from memsinks.probes.soft_prompts import greedy_with_prompt, initial_prompt
 from memsinks.probes.generation import greedy_continuations_uncached
 from tests.conftest import tiny_model
 
