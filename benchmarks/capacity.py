@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import memsinks
+from memsinks._small_decoder import DecoderShape, build_decoder
 from memsinks.data import content_id
 from memsinks.probes import memorized_bits
 
@@ -49,14 +50,9 @@ QUICK = dict(sizes=[(16, 1)], multiples=[0.5, 2.0], sink_size=(16, 1), sink_frac
 
 
 def build(vocab: int, seq_len: int, width: int, layers: int, seed: int):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    heads = 2 if width % 2 == 0 else 1
-    cfg = GPT2Config(vocab_size=vocab, n_positions=seq_len, n_embd=width, n_layer=layers, n_head=heads,
-                     n_inner=4 * width, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    return GPT2LMHeadModel(cfg)
+    shape = DecoderShape(n_layer=layers, n_embd=width, n_head=2 if width % 2 == 0 else 1, intermediate=4 * width,
+                         max_positions=seq_len)
+    return build_decoder(shape, vocab, seed=seed, bos_token_id=None, eos_token_id=None, pad_token_id=None)
 
 
 def n_params(model) -> int:

@@ -49,8 +49,10 @@ import torch  # noqa: E402
 import memsinks  # noqa: E402
 from memorization_lib.data import build_scenario1, load_text, scenario1_tokenizer  # noqa: E402
 from memorization_lib.scenario1 import scenario1_model  # noqa: E402
-from memorization_lib.settings import ModelShape, Scenario1Settings, to_dict  # noqa: E402
+from memorization_lib.settings import Scenario1Settings, to_dict  # noqa: E402
 from memorization_lib.training import steps_for, train_scenario_arm  # noqa: E402
+from memsinks._memorization_corpus import stream_rows  # noqa: E402
+from memsinks._small_decoder import DecoderShape  # noqa: E402
 from memsinks.probes.dsp import DSPConfig, dsp_extraction  # noqa: E402
 from memsinks.probes.extraction import ExtractionResult  # noqa: E402
 
@@ -65,7 +67,7 @@ def quick_settings() -> Scenario1Settings:
     """Scenario 1's quick settings, smaller still: a smoke run of the whole pipeline."""
     s = Scenario1Settings.quick()
     s.max_chars, s.n_repeated, s.n_heldout, s.epochs = 30_000, 4, 8, 1.0
-    s.model = ModelShape(n_layer=1, n_embd=32, n_head=2, intermediate=64)
+    s.model = DecoderShape(n_layer=1, n_embd=32, n_head=2, intermediate=64)
     return s
 
 
@@ -74,9 +76,9 @@ def split_attack_eval(data, n_attack: int, seed: int) -> dict:
 
     Returns token lists and content IDs per set; raises unless the three sets are pairwise disjoint.
     """
-    repeated, heldout = data.split.repeated, data.split.heldout
+    repeated, heldout = data.corpus.repeated, data.corpus.heldout
     excluded = {memsinks.content_id(w) for w in repeated + heldout}
-    pool = [w for w in data.split.train if memsinks.content_id(w) not in excluded]
+    pool = [w for w in data.corpus.train if memsinks.content_id(w) not in excluded]
     attack = random.Random(seed).sample(pool, min(n_attack, len(pool)))
     sets = {"attack": attack, "repeated": repeated, "heldout": heldout}
     ids = {k: [memsinks.content_id(w) for w in v] for k, v in sets.items()}
@@ -88,11 +90,11 @@ def split_attack_eval(data, n_attack: int, seed: int) -> dict:
 
 def train_scenario1_arm(arm: str, data, tokenizer, s: Scenario1Settings, seed: int):
     """One scenario-1 arm (``standard`` or ``memsinks``) trained as ``memorization_lib.scenario1.run_seed`` does."""
-    rows = data.training_rows(s.repeats, s.repeats)
-    max_steps = steps_for(len(rows), s.epochs, s.batch_size)
+    stream = data.sources(s.repeats, s.repeats)
+    max_steps = steps_for(stream, s.epochs, s.batch_size)
     with_sinks = arm == "memsinks"
     model = scenario1_model(s, tokenizer, seed, with_sinks)
-    run = train_scenario_arm(arm, model, tokenizer, rows, rows, {}, s, seed=seed, max_steps=max_steps,
+    run = train_scenario_arm(arm, model, tokenizer, stream, stream, {}, s, seed=seed, max_steps=max_steps,
                              learning_rate=s.learning_rate, with_sinks=with_sinks)
     model.eval()
     return model, {"steps": run.steps, "tokens": run.tokens, "train_seconds": round(run.seconds, 1)}
@@ -212,7 +214,7 @@ def main(argv=None) -> dict:
     tok = scenario1_tokenizer(text, s.vocab_size)
     data = build_scenario1(text, source, tok, s, args.seed)
     split = split_attack_eval(data, n_attack, args.seed)
-    rows = data.training_rows(s.repeats, s.repeats)
+    stream = data.sources(s.repeats, s.repeats)
     models, training = {}, {}
     for arm in ("standard", "memsinks"):
         model, training[arm] = train_scenario1_arm(arm, data, tok, s, args.seed)
@@ -234,10 +236,10 @@ def main(argv=None) -> dict:
         "prefix_len": s.prefix_len,
         "suffix_len": s.suffix_len,
         "models": models,
-        "data": {"source": source, "unique_windows": len(data.split.train),
-                 "repeated_windows": len(data.split.repeated),
-                 "heldout_windows": len(data.split.heldout), "repeats": s.repeats, "training_rows": len(rows),
-                 "max_steps": steps_for(len(rows), s.epochs, s.batch_size),
+        "data": {"source": source, "unique_windows": len(data.corpus.train),
+                 "repeated_windows": len(data.corpus.repeated),
+                 "heldout_windows": len(data.corpus.heldout), "repeats": s.repeats,
+                 "training_rows": len(stream_rows(stream)), "max_steps": steps_for(stream, s.epochs, s.batch_size),
                  "attack_pairs_from": "unique training windows", "eval_pairs_from": "repeated windows",
                  "disjoint": True},
         "dsp_config": asdict(cfg),

@@ -73,6 +73,9 @@ def parse_args(argv=None):
         p.error("--seeds must be at least 1")
     if args.text and not os.path.isfile(args.text):
         p.error(f"--text {args.text}: no such file")
+    if args.base_model and not os.path.isdir(args.base_model):
+        p.error(f"--base-model {args.base_model}: no such folder. Give a transformers checkpoint folder or one holding "
+                "a single .gguf file.")
     return args
 
 

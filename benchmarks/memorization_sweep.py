@@ -4,7 +4,7 @@
         [--grid "p_gen=0.5,0.7 p_mem=0.1,0.3"] [--setup "repeats=32 n_embd=128"] [--seeds 100]
 
 For every combination of the setup values (model shape, repetitions, learning rate, epochs:
-fields of ``Scenario1Settings`` / ``ModelShape``) the ``standard`` arm is trained once; for
+fields of ``Scenario1Settings`` / ``DecoderShape``) the ``standard`` arm is trained once; for
 every combination of the sinks values (``p_gen``, ``p_mem``) on top of it, the ``memsinks``
 arm. Only losses are measured (repeated and held-out windows, sinks dropped / own / mean),
 which is what the gap-closed share and the held-out cost need.
@@ -33,13 +33,15 @@ import torch  # noqa: E402
 import memsinks  # noqa: E402
 from memorization_lib.data import build_scenario1, load_text, scenario1_tokenizer  # noqa: E402
 from memorization_lib.metrics import mode_context  # noqa: E402
-from memorization_lib.models import build_decoder  # noqa: E402
-from memorization_lib.settings import ModelShape, Scenario1Settings  # noqa: E402
-from memorization_lib.training import rows_dataset, steps_for, train_arm  # noqa: E402
+from memorization_lib.scenario1 import scenario1_model  # noqa: E402
+from memorization_lib.settings import Scenario1Settings  # noqa: E402
+from memorization_lib.training import steps_for, train_arm  # noqa: E402
+from memsinks._memorization_corpus import training_dataset  # noqa: E402
+from memsinks._small_decoder import DecoderShape  # noqa: E402
 from memsinks.probes import sequence_losses  # noqa: E402
 
 SINK_KEYS = {"p_gen", "p_mem"}
-SHAPE_KEYS = {f.name for f in dataclasses.fields(ModelShape)}
+SHAPE_KEYS = {f.name for f in dataclasses.fields(DecoderShape)}
 
 
 def parse_grid(text: str) -> dict[str, list]:
@@ -77,24 +79,22 @@ def settings_for(setup: dict, base: Scenario1Settings) -> Scenario1Settings:
 
 
 def losses(model, data, mode) -> dict:
-    pad = data.tokenizer.pad_token_id
+    pad = data.corpus.tokenizer.pad_token_id
     out = {}
     with mode_context(model, mode):
-        for name, seqs in (("repeated", data.split.repeated), ("heldout", data.split.heldout)):
+        for name, seqs in (("repeated", data.corpus.repeated), ("heldout", data.corpus.heldout)):
             ids = [memsinks.content_id(s) for s in seqs] if mode == "own" else None
             out[name] = float(np.mean(sequence_losses(model, seqs, ids, pad_token_id=pad)))
     return out
 
 
 def train(s, data, seed, sinks: dict | None) -> tuple[dict, float]:
-    tok = data.tokenizer
-    model = build_decoder(s.model, len(tok), tok.pad_token_id, seed)
-    if sinks is not None:
-        memsinks.add_sinks(model, memsinks.SinksConfig(placement="split", routing_seed=seed, **sinks))
-    rows = data.training_rows(s.repeats, s.repeats)
-    ds = rows_dataset(rows, seed, with_ids=sinks is not None)
+    tok = data.corpus.tokenizer
+    model = scenario1_model(s, tok, seed, sinks is not None, sinks)
+    stream = data.sources(s.repeats, s.repeats)
+    ds = training_dataset(stream, seed, with_ids=sinks is not None)
     with tempfile.TemporaryDirectory() as tmp:
-        run = train_arm(model, tok, ds, output_dir=tmp, max_steps=steps_for(len(rows), s.epochs, s.batch_size),
+        run = train_arm(model, tok, ds, output_dir=tmp, max_steps=steps_for(stream, s.epochs, s.batch_size),
                         batch_size=s.batch_size, learning_rate=s.learning_rate, seed=seed)
     modes = ("drop", "own", "mean") if sinks is not None else (None,)
     return {m or "plain": losses(model, data, m) for m in modes}, run.seconds
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     p.add_argument("--text")
     p.add_argument("--out", required=True)
     p.add_argument("--grid", default="p_gen=0.5 p_mem=0.3", help="sinks values to sweep (p_gen, p_mem)")
-    p.add_argument("--setup", default="", help="setup values to sweep (Scenario1Settings / ModelShape fields)")
+    p.add_argument("--setup", default="", help="setup values to sweep (Scenario1Settings / DecoderShape fields)")
     p.add_argument("--seeds", default="100", help="comma-separated seeds (default 100: apart from the benchmark's)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)

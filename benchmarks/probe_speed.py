@@ -25,24 +25,16 @@ import numpy as np
 import torch
 
 import memsinks
+from memsinks._trainer_setup import sinks_trainer
 from memsinks.callbacks import ProbeCallback
-from memsinks.demo import DemoSettings, build_data, build_model
+from memsinks.demo import DemoSettings, build_data, build_model, training_arguments
 from memsinks.probes import extraction
 from memsinks.probes.generation import greedy_continuations_uncached
 
 
 def train(model, tok, ds, s: DemoSettings, out: str, callbacks: list) -> tuple[float, int]:
     """The demo's training run (``memsinks.demo.train_model``'s settings) with ``callbacks``; (seconds, steps)."""
-    from transformers import Trainer, TrainingArguments
-
-    args = TrainingArguments(
-        output_dir=out, num_train_epochs=s.epochs, per_device_train_batch_size=s.batch_size,
-        learning_rate=s.learning_rate, lr_scheduler_type="cosine", warmup_steps=10, weight_decay=0.0,
-        logging_steps=50, save_strategy="no", report_to=[], seed=s.seed, disable_tqdm=True,
-        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-    )
-    collator = memsinks.SinksDataCollator(tok, require_ids=memsinks.has_sinks(model))
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=callbacks)
+    trainer = sinks_trainer(model, training_arguments(s, out), ds, tok, callbacks=callbacks)
     start = time.perf_counter()
     trainer.train()
     return time.perf_counter() - start, trainer.state.global_step

@@ -23,20 +23,13 @@ import time
 import torch
 
 import memsinks
+from memsinks._small_decoder import DecoderShape, build_decoder
 
 
 def build(family: str, inner: int, args):
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    if family == "gpt2":
-        cfg = GPT2Config(n_layer=args.layers, n_embd=args.hidden, n_head=4, n_inner=inner, n_positions=args.seq,
-                         vocab_size=args.vocab, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-        return GPT2LMHeadModel(cfg)
-    cfg = LlamaConfig(num_hidden_layers=args.layers, hidden_size=args.hidden, num_attention_heads=4,
-                      num_key_value_heads=4, intermediate_size=inner, max_position_embeddings=args.seq,
-                      vocab_size=args.vocab)
-    return LlamaForCausalLM(cfg)
+    shape = DecoderShape(family=family, n_layer=args.layers, n_embd=args.hidden, n_head=4, intermediate=inner,
+                         max_positions=args.seq)
+    return build_decoder(shape, args.vocab, seed=0)
 
 
 def saved_bytes(model, batch) -> int:

@@ -9,7 +9,6 @@ working: the memorization sat in the sinks, the language in the shared units.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -21,29 +20,25 @@ import numpy as np
 import torch
 
 import memsinks
-from memsinks.corpus import load_documents, make_demo_corpus, split_text_windows, train_tokenizer
+from memsinks._memorization_corpus import CorpusConfig, build, join_documents, training_dataset
+from memsinks._small_decoder import DecoderShape, build_decoder
+from memsinks._trainer_setup import experiment_arguments, sinks_trainer
+from memsinks.corpus import load_documents
 from memsinks.probes import token_nlls
 
 
 @dataclass
-class DemoSettings:
-    n_train: int = 1500
-    n_repeated: int = 16
-    repeats: int = 24
-    n_heldout: int = 64
-    n_canaries: int = 4
-    canary_digits: int = 6
+class DemoSettings(CorpusConfig):
+    """The demo's corpus (``CorpusConfig``), its 4-layer GPT-2 and how it is trained."""
+
     epochs: int = 3
     batch_size: int = 32
     learning_rate: float = 3e-3
     n_layer: int = 4
     n_embd: int = 128
-    vocab_size: int = 512
     p_gen: float = 0.5
     p_mem: float = 0.3
-    seed: int = 0
     data: str | None = None  # a .txt / .jsonl file, a saved dataset directory or a datasets name
-    window: int = 64
 
     @classmethod
     def quick(cls) -> "DemoSettings":
@@ -58,71 +53,30 @@ def build_data(s: DemoSettings):
     windows of which ``n_repeated`` are repeated and ``n_heldout`` held out; the canaries
     are planted as in the embedded corpus.
     """
-    from datasets import Dataset
-
-    if s.data:
-        return _build_data_from_text(s)
-    corpus = make_demo_corpus(n_train=s.n_train, n_repeated=s.n_repeated, n_heldout=s.n_heldout,
-                              n_canaries=s.n_canaries, canary_digits=s.canary_digits, seed=s.seed)
-    tok = train_tokenizer(corpus.train + corpus.repeated + corpus.canaries, vocab_size=s.vocab_size)
-    eos = tok.eos_token_id
-
-    def enc(text: str) -> list[int]:
-        return [eos] + tok(text)["input_ids"] + [eos]
-
-    texts = corpus.train + (corpus.repeated + corpus.canaries) * s.repeats
-    ds = Dataset.from_dict({"input_ids": [enc(t) for t in texts]}).shuffle(seed=s.seed)
-    ds = memsinks.assign_sequence_ids(ds)
-    evals = {
-        "repeated": [enc(t) for t in corpus.repeated],
-        "canaries": [enc(t) for t in corpus.canaries],
-        "heldout": [enc(t) for t in corpus.heldout],
-    }
-    return tok, ds, evals
-
-
-def _build_data_from_text(s: DemoSettings):
-    from datasets import Dataset
-
-    text = "\n\n".join(load_documents(s.data))
-    canaries = make_demo_corpus(n_train=0, n_repeated=0, n_heldout=0, n_canaries=s.n_canaries,
-                                canary_digits=s.canary_digits, seed=s.seed).canaries
-    samples = [text[i:i + 2000] for i in range(0, min(len(text), 2_000_000), 2000)]
-    tok = train_tokenizer(samples + canaries, vocab_size=s.vocab_size)
-    split = split_text_windows(text, tok, window=s.window, n_repeated=s.n_repeated, n_heldout=s.n_heldout,
-                               seed=s.seed, max_windows=max(s.n_train, 1) + s.n_repeated + s.n_heldout)
-    eos = tok.eos_token_id
-    canary_rows = [[eos] + tok(c)["input_ids"] + [eos] for c in canaries]
-    rows = split.train + (split.repeated + canary_rows) * s.repeats
-    ds = Dataset.from_dict({"input_ids": rows}).shuffle(seed=s.seed)
-    ds = memsinks.assign_sequence_ids(ds)
-    return tok, ds, {"repeated": split.repeated, "canaries": canary_rows, "heldout": split.heldout}
+    text = join_documents(load_documents(s.data), s.max_chars) if s.data else None
+    corpus = build(s, text=text)
+    ds = training_dataset(corpus.sources(s.repeats), seed=s.seed)
+    evals = {"repeated": corpus.repeated, "canaries": corpus.canaries, "heldout": corpus.heldout}
+    return corpus.tokenizer, ds, evals
 
 
 def build_model(s: DemoSettings, vocab_size: int, with_sinks: bool):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(s.seed)
-    config = GPT2Config(n_layer=s.n_layer, n_embd=s.n_embd, n_head=4, n_positions=256, vocab_size=vocab_size,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(config)
+    shape = DecoderShape(family="gpt2", n_layer=s.n_layer, n_embd=s.n_embd, n_head=4, intermediate=None)
+    model = build_decoder(shape, vocab_size, seed=s.seed, bos_token_id=0, eos_token_id=0)
     if with_sinks:
         memsinks.add_sinks(model, memsinks.SinksConfig(p_gen=s.p_gen, p_mem=s.p_mem, routing_seed=s.seed))
     return model
 
 
+def training_arguments(s: DemoSettings, output_dir: str):
+    """The demo's ``TrainingArguments`` (``benchmarks/probe_speed.py`` trains the same way)."""
+    return experiment_arguments(output_dir, epochs=s.epochs, batch_size=s.batch_size,
+                                learning_rate=s.learning_rate, seed=s.seed)
+
+
 def train_model(model, tok, ds, s: DemoSettings, output_dir: str) -> float:
     """Train with the stock Trainer; returns the wall time in seconds."""
-    from transformers import Trainer, TrainingArguments
-
-    args = TrainingArguments(
-        output_dir=output_dir, num_train_epochs=s.epochs, per_device_train_batch_size=s.batch_size,
-        learning_rate=s.learning_rate, lr_scheduler_type="cosine", warmup_steps=10, weight_decay=0.0,
-        logging_steps=50, save_strategy="no", report_to=[], seed=s.seed, disable_tqdm=True,
-        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-    )
-    collator = memsinks.SinksDataCollator(tok, require_ids=memsinks.has_sinks(model))
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator)
+    trainer = sinks_trainer(model, training_arguments(s, output_dir), ds, tok)
     start = time.perf_counter()
     trainer.train()
     return time.perf_counter() - start

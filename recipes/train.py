@@ -36,9 +36,11 @@ import sys
 
 import yaml
 
+from memsinks._trainer_setup import sinks_trainer
+from memsinks_recipe.arguments import config_help, load_recipe, parse_command_line
 from memsinks_recipe.callbacks import LaunchRecord, RoutingAudit, StockLayoutCheckpoints, Throughput
 from memsinks_recipe.common import DATA_DIR, FINAL_DIR, SUMMARY_FILE, RecipeError, is_rank0, say, write_json
-from memsinks_recipe.config import Recipe, config_help, load_recipe, parse_command_line, privacy_config
+from memsinks_recipe.config import Recipe, privacy_config
 from memsinks_recipe.data import (PreparedData, data_fingerprint, load_prepared, load_tokenizer, on_rank0_then_all,
                                   prepare_data, save_prepared)
 from memsinks_recipe.finish import export_and_report, save_final, zero_stage
@@ -51,8 +53,6 @@ def build_trainer(r: Recipe, args, data: PreparedData, model, launch: Launch, gl
 
     Returns the trainer, its throughput meter and its routing audit (None without sinks).
     """
-    from transformers import Trainer
-
     import memsinks
 
     has_sinks = memsinks.has_sinks(model)
@@ -67,9 +67,8 @@ def build_trainer(r: Recipe, args, data: PreparedData, model, launch: Launch, gl
         callbacks.append(audit)
     if r.probes.enabled:
         callbacks += _probe_callbacks(r, data, launch, args.world_size)
-    collator = memsinks.SinksDataCollator(data.tokenizer, require_ids=has_sinks)
-    trainer = Trainer(model=model, args=args, train_dataset=data.train, data_collator=collator,
-                      processing_class=data.tokenizer, callbacks=callbacks)
+    trainer = sinks_trainer(model, args, data.train, data.tokenizer, callbacks=callbacks,
+                            processing_class=data.tokenizer)
     if r.privacy.enabled:
         trainer = memsinks.make_private(trainer, privacy_config(r))
     return trainer, throughput, audit
@@ -273,18 +272,18 @@ Launch it with python (one process), torchrun, or accelerate launch --config_fil
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        config_path, overrides, flags = parse_command_line(argv)
-        if flags["help"]:
+        flags, overrides = parse_command_line(argv)
+        if flags.help:
             print(USAGE)
             return 0
-        if flags["help_config"]:
+        if flags.help_config:
             print(config_help())
             return 0
-        recipe = load_recipe(config_path, overrides)
-        if flags["print_config"]:
+        recipe = load_recipe(flags.config, overrides)
+        if flags.print_config:
             print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
             return 0
-        return run(recipe, flags["resume"])
+        return run(recipe, flags.resume)
     except RecipeError as err:
         if is_rank0():
             print(f"train.py: error: {err}", file=sys.stderr, flush=True)

@@ -17,36 +17,15 @@ torch.set_num_threads(1)
 
 
 def tiny_model(family: str, vocab: int = 128, hidden: int = 32, layers: int = 2, inner: int = 64, seed: int = 0):
-    from transformers import (
-        GPT2Config, GPT2LMHeadModel, GPTNeoConfig, GPTNeoForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM,
-        LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-    )
+    """A tiny decoder of ``family`` (2 heads, one key/value head where the family has them, the library's dropout)."""
+    from memsinks._small_decoder import DecoderShape, build_decoder
 
-    torch.manual_seed(seed)
-    common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    if family == "gpt2":
-        cfg = GPT2Config(n_layer=layers, n_embd=hidden, n_head=2, n_inner=inner, n_positions=256, **common)
-        return GPT2LMHeadModel(cfg)
-    if family == "gpt_neo":
-        cfg = GPTNeoConfig(num_layers=layers, hidden_size=hidden, num_heads=2, intermediate_size=inner,
-                           attention_types=[[["global", "local"], layers // 2]], max_position_embeddings=256, **common)
-        return GPTNeoForCausalLM(cfg)
-    if family == "gpt_neox":
-        cfg = GPTNeoXConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=2, intermediate_size=inner,
-                            max_position_embeddings=256, **common)
-        return GPTNeoXForCausalLM(cfg)
-    llama_like = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=2, num_key_value_heads=1,
-                      intermediate_size=inner, max_position_embeddings=256, **common)
-    if family == "llama":
-        return LlamaForCausalLM(LlamaConfig(**llama_like))
-    if family == "mistral":
-        return MistralForCausalLM(MistralConfig(**llama_like))
-    if family == "qwen2":
-        return Qwen2ForCausalLM(Qwen2Config(**llama_like))
-    raise ValueError(family)
+    shape = DecoderShape(family=family, n_layer=layers, n_embd=hidden, n_head=2, intermediate=inner, n_kv_heads=1,
+                         dropout=None)
+    return build_decoder(shape, vocab, seed=seed, token_id=0)
 
 
-FAMILIES = ["gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2"]
+FAMILIES = ["gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2"]  # memsinks._small_decoder.FAMILIES
 
 
 @pytest.fixture

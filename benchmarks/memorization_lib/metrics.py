@@ -41,9 +41,9 @@ def _ids(sequences: list[list[int]], mode: str | None) -> list[int] | None:
 
 def evaluate_scenario1(model, data, mode: str | None, s, seed: int) -> dict:
     """Metrics of a scenario-1 model in sinks mode ``mode`` (None: no sinks). Losses in nats/token."""
-    tok = data.tokenizer
+    tok = data.corpus.tokenizer
     pad = tok.pad_token_id
-    rep, held = data.split.repeated, data.split.heldout
+    rep, held = data.corpus.repeated, data.corpus.heldout
     rep_ids, held_ids = _ids(rep, mode), _ids(held, mode)
     alphabet = digit_tokens(tok)
     with mode_context(model, mode):

@@ -17,10 +17,11 @@ from __future__ import annotations
 import time
 
 import memsinks
+from memsinks._memorization_corpus import stream_rows
+from memsinks._small_decoder import build_decoder
 
 from .data import build_scenario1
 from .metrics import evaluate_scenario1
-from .models import build_decoder
 from .training import steps_for, train_scenario_arm
 
 TRAINING_ARMS = ("standard", "dedup", "goldfish", "dp", "memsinks")
@@ -42,7 +43,7 @@ def reported_arms(training_arms) -> list[str]:
 def scenario1_model(s, tokenizer, seed: int, with_sinks: bool, sinks_config: dict | None = None):
     """An arm's freshly initialised decoder, with split sinks (the settings' p_gen / p_mem, routing seeded by
     ``seed``, overridden by ``sinks_config``) when ``with_sinks``."""
-    model = build_decoder(s.model, len(tokenizer), tokenizer.pad_token_id, seed)
+    model = build_decoder(s.model, len(tokenizer), seed=seed, token_id=tokenizer.pad_token_id)
     if with_sinks:
         cfg = dict(placement="split", p_gen=s.p_gen, p_mem=s.p_mem, routing_seed=seed)
         cfg.update(sinks_config or {})
@@ -58,16 +59,17 @@ def run_seed(text: str, source: str, tokenizer, s, seed: int, *, arms=TRAINING_A
     ``sinks_config`` overrides fields of the memsinks arm's ``SinksConfig`` (the sweep uses it).
     """
     data = build_scenario1(text, source, tokenizer, s, seed)
-    std_rows = data.training_rows(s.repeats, s.repeats)
-    dedup_rows = data.training_rows(1, 1)
-    max_steps = steps_for(len(std_rows), s.epochs, s.batch_size)
+    corpus = data.corpus
+    standard, dedup = data.sources(s.repeats, s.repeats), data.sources(1, 1)
+    n_rows, n_dedup = len(stream_rows(standard)), len(stream_rows(dedup))
+    max_steps = steps_for(standard, s.epochs, s.batch_size)
     out = {"arms": {}, "curves": {}, "skipped": {}, "data": {
-        "source": source, "unique_windows": len(data.split.train), "repeated_windows": len(data.split.repeated),
-        "heldout_windows": len(data.split.heldout), "canaries": len(data.canaries), "training_rows": len(std_rows),
-        "dedup_rows": len(dedup_rows), "max_steps": max_steps,
-        "repeated_share_of_stream": (len(std_rows) - len(data.split.train)) / len(std_rows),
+        "source": source, "unique_windows": len(corpus.train), "repeated_windows": len(corpus.repeated),
+        "heldout_windows": len(corpus.heldout), "canaries": len(data.canaries), "training_rows": n_rows,
+        "dedup_rows": n_dedup, "max_steps": max_steps,
+        "repeated_share_of_stream": (n_rows - len(corpus.train)) / n_rows,
     }}
-    probe = {"repeated": data.split.repeated[:s.curve_sequences], "heldout": data.split.heldout[:s.curve_sequences]}
+    probe = {"repeated": corpus.repeated[:s.curve_sequences], "heldout": corpus.heldout[:s.curve_sequences]}
     for arm in arms:
         if arm == "dp" and not privacy_available():
             out["skipped"][arm] = "memsinks.make_private / memsinks.PrivacyConfig are not in this checkout"
@@ -75,7 +77,7 @@ def run_seed(text: str, source: str, tokenizer, s, seed: int, *, arms=TRAINING_A
             continue
         with_sinks = arm == "memsinks"
         model = scenario1_model(s, tokenizer, seed, with_sinks, sinks_config)
-        run = train_scenario_arm(arm, model, tokenizer, std_rows, dedup_rows, probe, s, seed=seed, max_steps=max_steps,
+        run = train_scenario_arm(arm, model, tokenizer, standard, dedup, probe, s, seed=seed, max_steps=max_steps,
                                  learning_rate=s.learning_rate, with_sinks=with_sinks)
         start = time.perf_counter()
         modes = SINK_MODES if with_sinks else (None,)

@@ -22,13 +22,15 @@ import tempfile
 import time
 
 import memsinks
+from memsinks._causal_lm import load_causal_lm, load_tokenizer
+from memsinks._memorization_corpus import Source, stream_rows, training_dataset
+from memsinks._small_decoder import build_decoder
 from memsinks.corpus import split_text_windows, train_tokenizer
 
 from .data import build_scenario2, make_report
 from .metrics import evaluate_scenario2
-from .models import build_decoder, load_pretrained
 from .scenario1 import SINK_MODES, privacy_available
-from .training import rows_dataset, steps_for, train_arm, train_scenario_arm
+from .training import steps_for, train_arm, train_scenario_arm
 
 
 def training_arms(s) -> list[str]:
@@ -57,7 +59,7 @@ def prepare_base(text: str, s, seed: int, echo=print) -> dict:
     held-out ones) for ``s.pretrain_epochs``.
     """
     if s.base_model:
-        model, tok = load_pretrained(s.base_model)
+        model, tok = load_causal_lm(s.base_model), load_tokenizer(s.base_model)
         split = split_text_windows(text, tok, window=s.window, n_repeated=0, n_heldout=32, seed=seed)
         echo(f"scenario 2: base model {s.base_model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
              "parameters), not pretrained here")
@@ -65,9 +67,10 @@ def prepare_base(text: str, s, seed: int, echo=print) -> dict:
                 "description": f"pretrained model from {s.base_model}"}
     tok = scenario2_tokenizer(text, s.vocab_size)
     split = split_text_windows(text, tok, window=s.window, n_repeated=0, n_heldout=64, seed=seed)
-    model = build_decoder(s.model, len(tok), tok.pad_token_id, seed)
-    ds = rows_dataset(split.train, seed, with_ids=False)
-    steps = steps_for(len(split.train), s.pretrain_epochs, 32)
+    model = build_decoder(s.model, len(tok), seed=seed, token_id=tok.pad_token_id)
+    stream = [Source(split.train)]
+    ds = training_dataset(stream, seed, with_ids=False)
+    steps = steps_for(stream, s.pretrain_epochs, 32)
     with tempfile.TemporaryDirectory() as tmp:
         run = train_arm(model, tok, ds, output_dir=tmp, max_steps=steps, batch_size=32,
                         learning_rate=s.pretrain_learning_rate, seed=seed)
@@ -96,9 +99,9 @@ def run_seed(base: dict, s, seed: int, *, echo=print) -> dict:
     """Fine-tune and measure every arm for one seed; same return shape as scenario 1's ``run_seed``."""
     tok = base["tokenizer"]
     data = build_scenario2(tok, base["general_heldout"], s, seed)
-    std_rows = data.training_rows()
-    dedup_rows = data.training_rows(dedup=True)
-    max_steps = steps_for(len(std_rows), s.epochs, s.batch_size)
+    standard, dedup = data.sources(), data.sources(dedup=True)
+    std_rows, dedup_rows = stream_rows(standard), stream_rows(dedup)
+    max_steps = steps_for(standard, s.epochs, s.batch_size)
     top = str(max(s.repeat_groups))
     out = {"arms": {}, "curves": {}, "skipped": {}, "data": {
         "background_records": len(data.background), "repeat_groups": {str(n): len(r) for n, r in data.groups.items()},
@@ -121,7 +124,7 @@ def run_seed(base: dict, s, seed: int, *, echo=print) -> dict:
             _, target, rank = arm.split("_")
             model = _lora(model, s.lora_targets[target], int(rank[1:]))
             lr = s.lora_learning_rate
-        run = train_scenario_arm(arm, model, tok, std_rows, dedup_rows, probe, s, seed=seed, max_steps=max_steps,
+        run = train_scenario_arm(arm, model, tok, standard, dedup, probe, s, seed=seed, max_steps=max_steps,
                                  learning_rate=lr, with_sinks=with_sinks, warmup_steps=5)
         model.eval()
         start = time.perf_counter()

@@ -9,40 +9,28 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-
-@dataclass
-class ModelShape:
-    """A small decoder: ``family`` "gpt2" (scenario 1) or "llama" (scenario 2, which needs
-    separate q/k/v/o projections for the LoRA arms)."""
-
-    family: str = "gpt2"
-    n_layer: int = 2
-    n_embd: int = 128
-    n_head: int = 4
-    intermediate: int = 512
-    max_positions: int = 256
+from memsinks._memorization_corpus import CorpusConfig
+from memsinks._small_decoder import DecoderShape
 
 
 @dataclass
-class Scenario1Settings:
+class Scenario1Settings(CorpusConfig):
     """Training from scratch on windows of a text, a subset of windows repeated (the paper's setup).
 
-    ``max_chars`` caps the text so that the full run fits its time budget on 2 CPU cores; the
-    repeated windows make ``n_repeated * repeats / (n_unique + n_repeated * repeats)`` of the stream.
+    The corpus fields are ``CorpusConfig``'s: every window of the text is used (``n_train``
+    None), the canaries are trained on ``repeats`` times like the repeated windows, and ``seed``
+    is set per run. ``max_chars`` caps the text so that the full run fits its time budget on 2
+    CPU cores; the repeated windows make ``n_repeated * repeats / (n_unique + n_repeated *
+    repeats)`` of the stream.
     """
 
-    max_chars: int = 300_000
-    vocab_size: int = 512
-    window: int = 64
-    n_repeated: int = 16
+    n_train: int | None = None
     repeats: int = 32
-    n_heldout: int = 64
-    n_canaries: int = 4
-    canary_digits: int = 6
+    max_chars: int = 300_000
     epochs: float = 4.0
     batch_size: int = 32
     learning_rate: float = 3e-3
-    model: ModelShape = field(default_factory=lambda: ModelShape(intermediate=1024))
+    model: DecoderShape = field(default_factory=lambda: DecoderShape(intermediate=1024))
     # memorization sinks (split placement: training from scratch); chosen with
     # benchmarks/memorization_sweep.py on splits apart from the benchmark's (see results/README.md)
     p_gen: float = 0.5
@@ -65,7 +53,7 @@ class Scenario1Settings:
     @classmethod
     def quick(cls) -> "Scenario1Settings":
         return cls(max_chars=60_000, vocab_size=384, n_repeated=8, repeats=16, n_heldout=32, n_canaries=2,
-                   epochs=2.0, model=ModelShape(n_layer=1, n_embd=64, intermediate=256), exposure_samples=500,
+                   epochs=2.0, model=DecoderShape(n_layer=1, n_embd=64, intermediate=256), exposure_samples=500,
                    log_points=4, curve_points=4, curve_sequences=8)
 
 
@@ -84,7 +72,7 @@ class Scenario2Settings:
     window: int = 64
     pretrain_epochs: float = 2.0
     pretrain_learning_rate: float = 3e-3
-    model: ModelShape = field(default_factory=lambda: ModelShape(family="llama"))
+    model: DecoderShape = field(default_factory=lambda: DecoderShape(family="llama"))
     n_background: int = 256
     repeat_groups: tuple[int, ...] = (1, 4, 16, 32)
     per_group: int = 8
@@ -112,7 +100,7 @@ class Scenario2Settings:
     @classmethod
     def quick(cls) -> "Scenario2Settings":
         return cls(max_chars=40_000, vocab_size=384, pretrain_epochs=1.0,
-                   model=ModelShape(family="llama", n_layer=1, n_embd=64, intermediate=256),
+                   model=DecoderShape(family="llama", n_layer=1, n_embd=64, intermediate=256),
                    n_background=48, repeat_groups=(1, 8), per_group=4, n_heldout=16, epochs=2.0,
                    lora_ranks=(4,), n_sink_units=128, exposure_samples=300, exposure_records=2, log_points=4,
                    curve_points=3, curve_sequences=4)

@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 import memsinks
+from memsinks._memorization_corpus import Source, stream_rows, training_dataset
+from memsinks._trainer_setup import experiment_arguments, sinks_trainer
 from memsinks.probes import sequence_losses
 
 
@@ -110,17 +111,9 @@ class _CurveTimer(TrainerCallback):
         self.seconds += time.perf_counter() - start
 
 
-def rows_dataset(rows: list[list[int]], seed: int, with_ids: bool):
-    """A shuffled ``datasets.Dataset`` of token rows, with content sequence IDs when ``with_ids``."""
-    from datasets import Dataset
-
-    ds = Dataset.from_dict({"input_ids": rows}).shuffle(seed=seed)
-    return memsinks.assign_sequence_ids(ds) if with_ids else ds
-
-
-def steps_for(n_rows: int, epochs: float, batch_size: int) -> int:
-    """Optimizer steps for ``epochs`` passes over ``n_rows`` rows: the token budget every arm gets."""
-    return max(1, math.ceil(n_rows / batch_size * epochs))
+def steps_for(sources: list[Source], epochs: float, batch_size: int) -> int:
+    """Optimizer steps for ``epochs`` passes over the stream of ``sources``: the token budget every arm gets."""
+    return max(1, math.ceil(len(stream_rows(sources)) / batch_size * epochs))
 
 
 def train_arm(
@@ -146,19 +139,15 @@ def train_arm(
     ``memsinks.make_private``. ``log_points``: how many times the Trainer logs (under DP each
     log computes ε, which costs about a second on a CPU).
     """
-    from transformers import Trainer, TrainingArguments
-
-    args = TrainingArguments(
-        output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=min(warmup_steps, max_steps // 10),
-        weight_decay=0.0, logging_steps=max(1, max_steps // log_points), save_strategy="no", report_to=[], seed=seed,
-        data_seed=seed, disable_tqdm=True, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-    )
-    base = memsinks.SinksDataCollator(tokenizer, require_ids=memsinks.has_sinks(model))
-    counting = CountingCollator(collator_wrapper(base) if collator_wrapper else base)
+    args = experiment_arguments(output_dir, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                                max_steps=max_steps, warmup_steps=min(warmup_steps, max_steps // 10),
+                                logging_steps=max(1, max_steps // log_points), data_seed=seed)
     timer = _CurveTimer(curve) if curve is not None else None
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=counting,
-                      callbacks=[timer] if timer else [])
+    trainer = sinks_trainer(model, args, dataset, tokenizer,
+                            wrap_collator=lambda base: CountingCollator(collator_wrapper(base) if collator_wrapper
+                                                                        else base),
+                            callbacks=[timer] if timer else [])
+    counting = trainer.data_collator
     trainer.remove_callback(PrinterCallback)  # the benchmark prints its own one line per arm
     if privacy is not None:
         trainer = memsinks.make_private(trainer, privacy)
@@ -176,18 +165,18 @@ def train_arm(
                     epsilon=epsilon)
 
 
-def train_scenario_arm(arm: str, model, tokenizer, std_rows: list, dedup_rows: list, probe: dict, s, *, seed: int,
-                       max_steps: int, learning_rate: float, with_sinks: bool, **train_kwargs) -> TrainRun:
+def train_scenario_arm(arm: str, model, tokenizer, standard: list[Source], dedup: list[Source], probe: dict, s, *,
+                       seed: int, max_steps: int, learning_rate: float, with_sinks: bool, **train_kwargs) -> TrainRun:
     """Train one arm of either scenario: what defines the arm mapped onto ``train_arm``.
 
-    ``dedup`` trains on ``dedup_rows`` (others on ``std_rows``), ``goldfish`` wraps the collator,
+    ``dedup`` trains on the ``dedup`` stream (others on ``standard``), ``goldfish`` wraps the collator,
     ``dp`` goes through ``memsinks.make_private`` at the settings' ε (and DP learning rate, if
     set); ``probe`` ({name: token rows}) is measured along training, in ``drop`` and ``own``
     modes when the model has sinks. ``s``: the scenario's settings.
     """
     from .goldfish import GoldfishCollator
 
-    ds = rows_dataset(dedup_rows if arm == "dedup" else std_rows, seed, with_ids=with_sinks)
+    ds = training_dataset(dedup if arm == "dedup" else standard, seed, with_ids=with_sinks)
     probe_sets = {k: (v, [memsinks.content_id(x) for x in v]) for k, v in probe.items()}
     curve = LossCurveCallback(model, probe_sets, max_steps // s.curve_points, tokenizer.pad_token_id,
                               modes=("drop", "own") if with_sinks else ())

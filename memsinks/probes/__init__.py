@@ -11,7 +11,7 @@ and returns a result with aggregate numbers, per-example arrays and ``to_dict()`
 - ``sink_gap``: the share of a memorized set's loss gap that dropping the sinks closes.
 """
 
-from memsinks.probes.dsp import DSPConfig, DSPResult, PromptGenerator, dsp_extraction
+from memsinks.probes.dsp import DSPConfig, DSPResult, dsp_extraction
 from memsinks.probes.exposure import Canary, ExposureResult, canary_exposure, exposure_from_rank
 from memsinks.probes.extraction import ExtractionResult, extraction
 from memsinks.probes.generation import generate_continuations
@@ -21,6 +21,7 @@ from memsinks.probes.membership import MembershipResult, membership_inference, m
 from memsinks.probes.memorized_bits import MemorizedBitsResult, memorized_bits
 from memsinks.probes.roc import roc_auc, tpr_at_fpr
 from memsinks.probes.sink_gap import SinkGapResult, sink_gap
+from memsinks.probes.soft_prompts import PromptGenerator
 
 __all__ = [
     "sequence_losses",

@@ -11,19 +11,19 @@ a static soft prompt and moves away from it smoothly, which the paper credits fo
 ``dsp_extraction`` trains, on the attacker's pairs, a static soft prompt (``m`` constant
 vectors) and the DSP generator with the same objective, steps and learning rate (the generator
 starts from the trained static prompt: its identity blocks output the queries, set to that
-prompt, so DSP begins where the static baseline ended), then decodes
-greedily on disjoint evaluation sequences and reports three ``ExtractionResult``s from one run:
-no prompt (the plain greedy probe), static prompt, DSP. The target model is never updated.
+prompt, so DSP begins where the static baseline ended), then decodes greedily on disjoint
+evaluation sequences and reports three ``ExtractionResult``s from one run: no prompt (the plain
+greedy probe), static prompt, DSP. The target model is never updated. The generator, the
+training loop and the prompted decoder are in ``memsinks.probes.soft_prompts``.
 
 Shapes: B batch, P prefix length, S suffix length, m prompt length, d the target's hidden size.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -36,9 +36,10 @@ from memsinks.probes._common import (
 from memsinks.probes.extraction import (
     ExtractionResult, exact_match, extraction, longest_common_ngram, token_accuracy,
 )
-
-
-PROMPT_POSITIONS = ("shifted", "overlap")
+from memsinks.probes.soft_prompts import (
+    PROMPT_POSITIONS, AttackPairs, PromptGenerator, SuffixLoss, frozen, generator_heads, greedy_with_prompt,
+    initial_prompt, train_prompt,
+)
 
 
 @dataclass
@@ -83,51 +84,6 @@ class DSPConfig:
                 raise ValueError(f"DSPConfig.{name} must be >= 1; got {getattr(self, name)}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"DSPConfig.lr must be a positive number; got {self.lr}.")
-
-
-class PromptGenerator(nn.Module):
-    """Maps prefix embeddings (B, P, d) and a padding mask (B, P) to soft prompts (B, m, d).
-
-    ``m`` learned query vectors are appended after the prefix; pre-LN transformer blocks run
-    over [prefix; queries] (bidirectional, padded prefix positions masked out) and the outputs
-    at the query positions are the prompt. Every block's attention and MLP output projections
-    start at zero and the generator's position table at zero, so at initialisation each block is
-    exactly the identity and the prompt equals the queries: the static prompt it starts from.
-    """
-
-    def __init__(self, init_prompt: torch.Tensor, n_layers: int, n_heads: int, max_prefix_len: int):
-        super().__init__()
-        m, d = init_prompt.shape
-        self.queries = nn.Parameter(init_prompt.detach().clone())
-        self.positions = nn.Parameter(torch.zeros(max_prefix_len, d, dtype=init_prompt.dtype))
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(d, n_heads, dim_feedforward=4 * d, dropout=0.0, batch_first=True,
-                                       norm_first=True, dtype=init_prompt.dtype)
-            for _ in range(n_layers)
-        )
-        with torch.no_grad():
-            for block in self.blocks:
-                for proj in (block.self_attn.out_proj, block.linear2):
-                    proj.weight.zero_()
-                    proj.bias.zero_()
-
-    @property
-    def n_prompts(self) -> int:
-        return int(self.queries.shape[0])
-
-    def forward(self, prefix_embeds: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
-        """Prompts (B, m, d) for left- or right-padded prefixes; ``prefix_mask`` is 1 on real tokens."""
-        B, P, _ = prefix_embeds.shape
-        if P > self.positions.shape[0]:
-            raise ValueError(f"Prefix of {P} tokens is longer than the generator's max_prefix_len "
-                             f"({self.positions.shape[0]}); raise DSPConfig.max_prefix_len.")
-        real = prefix_mask.bool()
-        pos = (real.long().cumsum(-1) - 1).clamp(min=0)  # index within the unpadded prefix
-        x = torch.cat([prefix_embeds + self.positions[pos], self.queries.expand(B, -1, -1)], dim=1)
-        pad = torch.cat([~real, real.new_zeros(B, self.n_prompts)], dim=1)  # True = ignore
-        for block in self.blocks:
-            x = block(x, src_key_padding_mask=pad)
-        return x[:, P:]
 
 
 @dataclass
@@ -177,188 +133,6 @@ def check_disjoint(attack_ids: Sequence[int], eval_ids: Sequence[int]) -> None:
             f"{len(shared)} of the {len(set(eval_ids))} evaluation pairs are also among the attacker's training pairs; "
             "the attack must be evaluated on sequences it was not trained on. Split the data into disjoint sets."
         )
-
-
-def _heads_for(d: int, wanted: int | None) -> int:
-    if wanted is not None:
-        if d % wanted:
-            raise ValueError(f"generator_heads={wanted} does not divide the model's hidden size {d}.")
-        return wanted
-    return next(h for h in (8, 4, 2, 1) if d % h == 0)
-
-
-def initial_prompt(model: nn.Module, n_prompts: int, seed: int = 0) -> torch.Tensor:
-    """(m, d): input embeddings of ``m`` vocabulary tokens drawn with ``seed`` (in the model's embedding range)."""
-    emb = model.get_input_embeddings().weight
-    gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, emb.shape[0], (n_prompts,), generator=gen)
-    return emb.detach()[tokens.to(emb.device)].clone()
-
-
-@contextlib.contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    """Inside the block the target is in eval mode and its parameters do not require grad; both restored after."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    for p, _ in flags:
-        p.requires_grad_(False)
-    model.eval()
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
-def _prompt_position_ids(m: int, length: int, overlap: bool, device) -> torch.Tensor | None:
-    """Position IDs (1, m + length) for [prompt; tokens]: None (the model's default 0..m+length-1) when shifted,
-    0..m-1 then 0..length-1 when the tokens keep their own positions."""
-    if not overlap:
-        return None
-    return torch.cat([torch.arange(m, device=device), torch.arange(length, device=device)])[None]
-
-
-def _suffix_nll(model: nn.Module, prompt: torch.Tensor, pairs: torch.Tensor, prefix_len: int,
-                ids: torch.Tensor | None, overlap: bool = False) -> torch.Tensor:
-    """Mean NLL (nats/token) of the suffix tokens given [prompt (B, m, d); pairs (B, P + S)]."""
-    m = prompt.shape[1]
-    embeds = torch.cat([prompt, model.get_input_embeddings()(pairs)], dim=1)
-    kwargs = {} if ids is None else {"sequence_ids": ids}
-    position_ids = _prompt_position_ids(m, pairs.shape[1], overlap, pairs.device)
-    if position_ids is not None:
-        kwargs["position_ids"] = position_ids.expand(pairs.shape[0], -1)
-    logits = model(inputs_embeds=embeds, use_cache=False, **kwargs).logits
-    start = m + prefix_len - 1
-    pred = logits[:, start:-1].float()
-    return nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), pairs[:, prefix_len:].reshape(-1))
-
-
-def _mean_suffix_nll(model, make_prompt, pairs, prefix_len, ids, batch_size, overlap: bool = False) -> float:
-    """Mean suffix NLL over all ``pairs`` (N, P + S), batched, without gradients."""
-    n = pairs.shape[0]
-    total = 0.0
-    with torch.no_grad():
-        for s in range(0, n, batch_size):
-            x = pairs[s:s + batch_size]
-            total += _suffix_nll(model, make_prompt(x[:, :prefix_len]), x, prefix_len,
-                                 None if ids is None else ids[s:s + batch_size], overlap).item() * x.shape[0]
-    return total / n
-
-
-def _train_prompt(model, make_prompt, params, pairs, prefix_len, ids, cfg: DSPConfig, progress: bool,
-                  desc: str) -> dict:
-    """Optimise ``params`` so that ``make_prompt(prefix_tokens)`` maximises the suffix likelihood.
-
-    The last ``validation_share`` of the attacker's pairs (at least one, when there are 5 or more)
-    is held out for model selection: every ``eval_every`` steps the validation loss is measured and
-    the parameters with the lowest one (the initial ones included) are kept, so a prompt that
-    overfits the attacker's few pairs is not the one evaluated. Returns final train / validation
-    losses (nats/token) and the step that was kept.
-    """
-    device = device_of(model)
-    n_val = max(1, int(round(cfg.validation_share * len(pairs)))) if len(pairs) >= 5 and cfg.validation_share > 0 else 0
-    train_pairs, val_pairs = pairs[:len(pairs) - n_val], pairs[len(pairs) - n_val:]
-    train_ids = None if ids is None else ids[:len(pairs) - n_val]
-    val_ids = None if ids is None else ids[len(pairs) - n_val:]
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = train_pairs.shape[0]
-    overlap = cfg.prompt_positions == "overlap"
-
-    def validate() -> float:
-        return _mean_suffix_nll(model, make_prompt, val_pairs, prefix_len, val_ids, cfg.batch_size, overlap)
-
-    best = (validate(), 0, [p.detach().clone() for p in params]) if n_val else None
-    steps = range(1, cfg.steps + 1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc=desc, unit="step", leave=False)
-    for step in steps:
-        batch = torch.randperm(n, generator=gen)[:cfg.batch_size].to(device)
-        x = train_pairs[batch]
-        loss = _suffix_nll(model, make_prompt(x[:, :prefix_len]), x, prefix_len,
-                           None if train_ids is None else train_ids[batch], overlap)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: the attack's training loss became {loss.item()}; lower DSPConfig.lr.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if best is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-            val = validate()
-            if val < best[0]:
-                best = (val, step, [p.detach().clone() for p in params])
-    if best is not None:
-        with torch.no_grad():
-            for p, kept in zip(params, best[2]):
-                p.copy_(kept)
-    out = {"train": _mean_suffix_nll(model, make_prompt, train_pairs, prefix_len, train_ids, cfg.batch_size,
-                                     overlap),
-           "n_train": int(n), "n_validation": int(n_val)}
-    if best is not None:
-        out.update(validation=best[0], kept_step=best[1])
-    return out
-
-
-def greedy_with_prompt(
-    model: nn.Module,
-    prompts: torch.Tensor,
-    prefixes: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    sequence_ids: Sequence[int] | None = None,
-    prompt_positions: str = "shifted",
-) -> np.ndarray:
-    """Greedy continuations of [prompt_i; prefix_i] with the KV cache: int64 (N, max_new_tokens).
-
-    ``prompts`` (N, m, d) are soft vectors in the target's input-embedding space. Rows are left
-    padded (pads masked out, positions counted from each row's first real vector), so the
-    result equals decoding each row alone with the full forward at every step.
-    ``prompt_positions``: ``"shifted"`` (prefix after the prompt's positions) or ``"overlap"``
-    (prefix and continuation at their own positions from 0; see ``DSPConfig``).
-    """
-    if prompt_positions not in PROMPT_POSITIONS:
-        raise ValueError(f"prompt_positions must be one of {PROMPT_POSITIONS}; got {prompt_positions!r}.")
-    model = unwrap(model)
-    device = device_of(model)
-    prefixes = as_token_lists(prefixes, "prefixes")
-    N, m, _ = prompts.shape
-    if N != len(prefixes):
-        raise ValueError(f"Got {N} prompts for {len(prefixes)} prefixes; give one prompt per prefix.")
-    L = max(len(p) for p in prefixes)
-    T = m + L
-    ids = torch.zeros((N, L), dtype=torch.long)
-    real = torch.zeros((N, L), dtype=torch.bool)  # real prefix tokens, left padded
-    mask = torch.zeros((N, T), dtype=torch.long)  # row i: pads, then its prompt, then its prefix
-    for i, p in enumerate(prefixes):
-        ids[i, L - len(p):] = torch.tensor(p, dtype=torch.long)
-        real[i, L - len(p):] = True
-        mask[i, L - len(p):] = 1
-    ids, real, mask = ids.to(device), real.to(device), mask.to(device)
-    tok = model.get_input_embeddings()(ids)
-    embeds = torch.zeros((N, T, tok.shape[-1]), dtype=tok.dtype, device=device)
-    for i, p in enumerate(prefixes):
-        embeds[i, L - len(p):L - len(p) + m] = prompts[i].to(device=device, dtype=tok.dtype)
-    embeds[:, m:] = torch.where(real[:, :, None], tok, embeds[:, m:])
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    if prompt_positions == "overlap":  # a row's first m real vectors are its prompt; its prefix restarts at 0
-        pos = torch.where(pos >= m, pos - m, pos)
-    kwargs = {}
-    if sequence_ids is not None:
-        kwargs["sequence_ids"] = torch.as_tensor(list(sequence_ids), dtype=torch.long, device=device)
-    out = torch.zeros((N, max_new_tokens), dtype=torch.long, device=device)
-    res = model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
-    last = pos[:, -1:]
-    for step in range(max_new_tokens):
-        nxt = res.logits[:, -1].argmax(dim=-1)
-        out[:, step] = nxt
-        if step + 1 == max_new_tokens:
-            break
-        mask = torch.cat([mask, mask.new_ones(N, 1)], dim=1)
-        last = last + 1
-        res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last,
-                    past_key_values=res.past_key_values, use_cache=True, **kwargs)
-    return out.cpu().numpy()
 
 
 def _score(generated: np.ndarray, target: np.ndarray, prefix_len: int, suffix_len: int) -> ExtractionResult:
@@ -439,8 +213,8 @@ def dsp_extraction(
     no_prompt = extraction(model, evals, prefix_len, suffix_len, sequence_ids=route_eval, batch_size=batch_size,
                            progress=progress)
     target = np.array([s[prefix_len:prefix_len + suffix_len] for s in evals], dtype=np.int64)
-    pairs = torch.tensor([s[:prefix_len + suffix_len] for s in attack], dtype=torch.long, device=device)
-    route_t = None if route_attack is None else torch.tensor(route_attack, dtype=torch.long, device=device)
+    pairs = AttackPairs(torch.tensor([s[:prefix_len + suffix_len] for s in attack], dtype=torch.long, device=device),
+                   None if route_attack is None else torch.tensor(route_attack, dtype=torch.long, device=device))
 
     emb_layer = model.get_input_embeddings()
     d = emb_layer.weight.shape[1]
@@ -449,7 +223,7 @@ def dsp_extraction(
         torch.manual_seed(config.seed)
         init = initial_prompt(model, config.n_prompts, config.seed).float()
         static = nn.Parameter(init.clone().to(device))
-        generator = PromptGenerator(init, config.generator_layers, _heads_for(d, config.generator_heads),
+        generator = PromptGenerator(init, config.generator_layers, generator_heads(d, config.generator_heads),
                                     config.max_prefix_len).to(device)
 
     dtype = emb_layer.weight.dtype
@@ -461,16 +235,19 @@ def dsp_extraction(
         embeds = emb_layer(prefix).detach().float()
         return generator(embeds, torch.ones_like(prefix)).to(dtype)
 
+    def objective(make_prompt) -> SuffixLoss:
+        return SuffixLoss(model, make_prompt, prefix_len, config.prompt_positions == "overlap", config.batch_size)
+
     train_loss = {}
-    with _frozen(model):
+    with frozen(model):
         with torch.enable_grad():
-            train_loss["static"] = _train_prompt(model, static_prompt, [static], pairs, prefix_len, route_t, config,
-                                                 progress, "static prompt")
+            train_loss["static"] = train_prompt(objective(static_prompt), [static], pairs, config, progress,
+                                                 "static prompt")
             with torch.no_grad():  # identity blocks: the generator starts as the trained static prompt
                 generator.queries.copy_(static)
             generator.train()
-            train_loss["dsp"] = _train_prompt(model, dynamic_prompt, list(generator.parameters()), pairs, prefix_len,
-                                              route_t, config, progress, "DSP generator")
+            train_loss["dsp"] = train_prompt(objective(dynamic_prompt), list(generator.parameters()), pairs, config,
+                                              progress, "DSP generator")
             generator.eval()
         results = {}
         for name, make in (("static", static_prompt), ("dsp", dynamic_prompt)):

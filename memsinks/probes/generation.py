@@ -1,8 +1,10 @@
 """Continuations of token prefixes: batched ``generate()`` with left padding and the KV cache.
 
-``generate_continuations`` is what the probes use. ``greedy_continuations_uncached`` is the
-specification it must equal token for token: one sequence at a time, the full forward at every
-step, no cache, no padding (tests and ``benchmarks/probe_speed.py`` compare the two).
+``generate_continuations`` is what the probes use; ``generate_from_embeddings`` does the same
+for rows of input vectors (soft prompts before a prefix, as in the DSP attack).
+``greedy_continuations_uncached`` is the specification both must equal token for token: one
+sequence at a time, the full forward at every step, no cache, no padding (tests and
+``benchmarks/probe_speed.py`` compare them).
 """
 
 from __future__ import annotations
@@ -28,6 +30,21 @@ def _left_padded(chunk: list[list[int]], pad_token_id: int, device: torch.device
         ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
         mask[i, T - len(s):] = 1
     return ids.to(device), mask.to(device)
+
+
+def _left_padded_rows(rows: list[torch.Tensor], positions: list[list[int]] | None, device: torch.device):
+    """(B, T, d) vectors with zero vectors on the left, the (B, T) attention mask and, if given, (B, T) positions
+    (0 on the padding)."""
+    T = max(r.shape[0] for r in rows)
+    embeds = rows[0].new_zeros((len(rows), T, rows[0].shape[-1]))
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    pos = torch.zeros((len(rows), T), dtype=torch.long) if positions is not None else None
+    for i, r in enumerate(rows):
+        embeds[i, T - r.shape[0]:] = r
+        mask[i, T - r.shape[0]:] = 1
+        if pos is not None:
+            pos[i, T - r.shape[0]:] = torch.tensor(positions[i], dtype=torch.long)
+    return embeds.to(device), mask.to(device), None if pos is None else pos.to(device)
 
 
 def _generation_config(max_new_tokens: int, pad_token_id: int, num_samples: int, top_k: int):
@@ -119,13 +136,49 @@ def generate_continuations(
         for start in batch_starts(len(prefixes), batch_size, progress, "generating"):
             chunk = prefixes[start:start + batch_size]
             input_ids, mask = _left_padded(chunk, pad, device)
-            kwargs = {}
-            if ids is not None:
-                kwargs["sequence_ids"] = torch.tensor(ids[start:start + batch_size], dtype=torch.long, device=device)
-            generated = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, **kwargs)
-            new = generated[:, input_ids.shape[1]:].cpu().numpy()
-            out[start:start + len(chunk)] = new.reshape(len(chunk), rows, max_new_tokens)
+            new = _generate(model, config, None if ids is None else ids[start:start + batch_size],
+                            input_ids=input_ids, attention_mask=mask)[:, input_ids.shape[1]:]
+            out[start:start + len(chunk)] = new.cpu().numpy().reshape(len(chunk), rows, max_new_tokens)
     return out if num_samples > 0 else out[:, 0]
+
+
+def generate_from_embeddings(
+    model: nn.Module,
+    rows: Sequence[torch.Tensor],
+    max_new_tokens: int,
+    sequence_ids: Sequence[int] | None = None,
+    positions: Sequence[Sequence[int]] | None = None,
+) -> np.ndarray:
+    """Greedy continuations of rows of input vectors, batched with left padding and the KV cache.
+
+    Args:
+        rows: one (T_i, d) tensor per row in the model's input-embedding space (any lengths).
+        sequence_ids: one ID per row for a model with sinks (required in ``own`` mode; no default).
+        positions: one list of T_i position IDs per row (default 0..T_i-1); the continuation goes
+            on from each row's last position.
+    Returns:
+        int64 array (N, max_new_tokens); decoding never stops early at EOS.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}.")
+    if positions is not None and [len(p) for p in positions] != [r.shape[0] for r in rows]:
+        raise ValueError("positions must give one position ID per vector of each row.")
+    model = unwrap(model)
+    device = device_of(model)
+    config = _generation_config(max_new_tokens, resolve_pad_token_id(model, None), 0, 0)
+    embeds, mask, pos = _left_padded_rows(list(rows), None if positions is None else list(positions), device)
+    with eval_mode(model), _only_generation_config(model, config):
+        new = _generate(model, config, sequence_ids, inputs_embeds=embeds, attention_mask=mask, position_ids=pos)
+    return new.cpu().numpy()
+
+
+def _generate(model: nn.Module, config, sequence_ids: Sequence[int] | None, **inputs) -> torch.Tensor:
+    """``model.generate`` on a prepared batch (``inputs``: IDs or vectors, the mask, positions if any)."""
+    kwargs = {k: v for k, v in inputs.items() if v is not None}
+    if sequence_ids is not None:
+        device = kwargs["attention_mask"].device
+        kwargs["sequence_ids"] = torch.tensor(list(sequence_ids), dtype=torch.long, device=device)
+    return model.generate(generation_config=config, **kwargs)
 
 
 def greedy_continuations_uncached(

@@ -1,9 +1,13 @@
 """The parts of ``recipes/train.py``: config, launch checks, data, model, callbacks, and the end of a run.
 
 Kept beside the script (not in the ``memsinks`` package) because it is recipe code: it decides
-files, defaults and messages for one training script, and uses only ``memsinks``' public API.
+files, defaults and messages for one training script. It uses ``memsinks``' public API and the
+experiment parts the demo and the benchmarks share (the memorization corpus, model loading, the
+Trainer set-up: ``memsinks._memorization_corpus``, ``_causal_lm``, ``_trainer_setup``).
 
-- ``config``: the YAML sections as dataclasses, CLI overrides, unknown keys named with the nearest valid one;
+- ``config``: the YAML sections as dataclasses, the validated ``Recipe``, the checks across sections;
+- ``arguments``: the YAML file and ``--section.key value`` overrides read with ``HfArgumentParser``, unknown
+  keys named with the nearest valid one, ``--help-config``;
 - ``launch``: what ``accelerate launch`` / ``torchrun`` started, and which settings it cannot run;
 - ``data``: the pretraining and fine-tuning data, prepared once on rank 0 and saved for every rank and ``--resume``;
 - ``model``: the model from a config or ``from_pretrained``, LoRA, sinks (whole weights also under ZeRO-3);

@@ -1,11 +1,11 @@
 """The recipe's data: what is trained on, what the probes and the report measure, prepared once per run.
 
-Pretraining (``scenario: pretrain``) uses the embedded story corpus exactly as ``memsinks demo``
-builds it (``memsinks.demo.build_data``), or windows of a text corpus cut with
-``memsinks.corpus.split_text_windows``; fine-tuning uses documents (one row each, truncated to
-``data.window`` tokens), optionally with an ID column naming each row's user or document. In
-both, ``n_repeated`` rows and ``n_canaries`` planted canaries are trained on ``repeats`` times
-(the memorization targets the probes measure) and ``n_heldout`` rows are never trained on.
+Pretraining (``scenario: pretrain``) uses the memorization corpus ``memsinks demo`` trains on
+(``memsinks._memorization_corpus``): the embedded stories, or windows of a text corpus;
+fine-tuning uses documents (one row each, truncated to ``data.window`` tokens), optionally with
+an ID column naming each row's user or document. In both, ``n_repeated`` rows and
+``n_canaries`` planted canaries are trained on ``repeats`` times (the memorization targets the
+probes measure) and ``n_heldout`` rows are never trained on.
 
 Rank 0 prepares the data and saves it under ``output_dir/recipe_data`` (tokenizer, training
 set, probe sets, the settings that made them); every rank then reads that copy, so all ranks
@@ -53,71 +53,37 @@ def data_fingerprint(r: Recipe) -> dict:
 def prepare_data(r: Recipe, tokenizer=None) -> PreparedData:
     """Build the training set and the probe sets for the scenario (no files written)."""
     if r.scenario == "pretrain":
-        if r.data.source == "embedded" and r.model.tokenizer is None:
-            return _pretrain_embedded(r.data)
-        return _pretrain_from_text(r.data, r.model.tokenizer)
+        return _pretrain_corpus(r.data, r.model.tokenizer)
     return _finetune_rows(r.data, tokenizer)
 
 
-def _canary_texts(d: DataArguments) -> list[str]:
-    from memsinks.corpus import make_demo_corpus
-
-    return make_demo_corpus(n_train=0, n_repeated=0, n_heldout=0, n_canaries=d.n_canaries,
-                            canary_digits=d.canary_digits, seed=d.seed).canaries
-
-
-def _pretrain_embedded(d: DataArguments) -> PreparedData:
-    """The embedded corpus, built exactly as ``memsinks demo`` builds it (``memsinks.demo.build_data``)."""
+def _pretrain_corpus(d: DataArguments, tokenizer_name: str | None) -> PreparedData:
+    """The memorization corpus of ``d``: the embedded stories, or (with a text or a pretrained tokenizer) windows of
+    the text, ``n_repeated`` repeated ``repeats`` times, ``n_heldout`` held out, canaries planted."""
     import memsinks
-    from memsinks.demo import DemoSettings, build_data
+    from memsinks._memorization_corpus import build, join_documents, training_dataset
 
-    settings = DemoSettings(n_train=d.n_train, n_repeated=d.n_repeated, repeats=d.repeats, n_heldout=d.n_heldout,
-                            n_canaries=d.n_canaries, canary_digits=d.canary_digits, vocab_size=d.vocab_size,
-                            seed=d.seed, window=d.window)
-    tok, ds, evals = build_data(settings)
-    canaries = evals["canaries"]
-    texts = [tok.decode(row[1:-1]) for row in canaries]  # build_data frames each canary with EOS
-    return PreparedData(tok, ds, evals["repeated"], [memsinks.content_id(s) for s in evals["repeated"]], canaries,
-                        [memsinks.content_id(s) for s in canaries], texts, evals["heldout"])
-
-
-def _pretrain_from_text(d: DataArguments, tokenizer_name: str | None) -> PreparedData:
-    """Windows of a text corpus: ``n_repeated`` repeated ``repeats`` times, ``n_heldout`` held out, canaries planted."""
-    from datasets import Dataset
-
-    import memsinks
-    from memsinks.corpus import make_demo_corpus, split_text_windows, train_tokenizer
-
-    if d.source == "embedded":
-        corpus = make_demo_corpus(n_train=d.n_train + d.n_repeated + d.n_heldout, n_repeated=0, n_heldout=0,
-                                  n_canaries=0, seed=d.seed)
-        documents = corpus.train
-    else:
-        documents = _read_documents(d)
-    text, size = [], 0
-    for doc in documents:
-        if size >= d.max_chars:
-            break
-        text.append(doc[: d.max_chars - size])
-        size += len(text[-1]) + 2
-    text = "\n\n".join(text)
-    canaries = _canary_texts(d)
-    if tokenizer_name:
-        tok = load_tokenizer(tokenizer_name)
-    else:
-        samples = [text[i:i + 2000] for i in range(0, min(len(text), 2_000_000), 2000)]
-        tok = train_tokenizer(samples + canaries, vocab_size=d.vocab_size)
+    text = tok = None
+    if d.source != "embedded" or tokenizer_name:
+        documents = _embedded_stories(d) if d.source == "embedded" else _read_documents(d)
+        text = join_documents(documents, d.max_chars)
+        tok = load_tokenizer(tokenizer_name) if tokenizer_name else None
     try:
-        split = split_text_windows(text, tok, window=d.window, n_repeated=d.n_repeated, n_heldout=d.n_heldout,
-                                   seed=d.seed, max_windows=d.n_train + d.n_repeated + d.n_heldout)
+        corpus = build(d, text=text, tokenizer=tok)
     except ValueError as err:
         raise RecipeError(f"data.source {d.source}: {err}") from None
-    eos = tok.eos_token_id
-    canary_rows = [[eos] + tok(c)["input_ids"] + [eos] for c in canaries]
-    rows = split.train + (split.repeated + canary_rows) * d.repeats
-    ds = memsinks.assign_sequence_ids(Dataset.from_dict({"input_ids": rows}).shuffle(seed=d.seed))
-    return PreparedData(tok, ds, split.repeated, [memsinks.content_id(s) for s in split.repeated], canary_rows,
-                        [memsinks.content_id(s) for s in canary_rows], canaries, split.heldout)
+    ds = training_dataset(corpus.sources(d.repeats), seed=d.seed)
+    return PreparedData(corpus.tokenizer, ds, corpus.repeated, [memsinks.content_id(s) for s in corpus.repeated],
+                        corpus.canaries, [memsinks.content_id(s) for s in corpus.canaries], corpus.canary_texts,
+                        corpus.heldout)
+
+
+def _embedded_stories(d: DataArguments) -> list[str]:
+    """``n_train + n_repeated + n_heldout`` stories of the embedded corpus, as documents."""
+    from memsinks.corpus import make_demo_corpus
+
+    return make_demo_corpus(n_train=d.n_train + d.n_repeated + d.n_heldout, n_repeated=0, n_heldout=0, n_canaries=0,
+                            seed=d.seed).train
 
 
 def _read_documents(d: DataArguments) -> list[str]:
@@ -138,13 +104,11 @@ def _load_table(d: DataArguments):
     """The fine-tuning documents as a ``datasets.Dataset`` with the text column (and the ID column if named)."""
     import datasets
 
-    from memsinks.corpus import load_documents, make_demo_corpus
+    from memsinks.corpus import load_documents
 
     source = os.path.expanduser(d.source)
     if d.source == "embedded":
-        corpus = make_demo_corpus(n_train=d.n_train + d.n_repeated + d.n_heldout, n_repeated=0, n_heldout=0,
-                                  n_canaries=0, seed=d.seed)
-        return datasets.Dataset.from_dict({d.text_field: corpus.train})
+        return datasets.Dataset.from_dict({d.text_field: _embedded_stories(d)})
     try:
         if os.path.isfile(source) and source.endswith((".jsonl", ".json")):
             table = datasets.load_dataset("json", data_files=source, split="train")
@@ -180,9 +144,9 @@ def _load_table(d: DataArguments):
 def _finetune_rows(d: DataArguments, tokenizer) -> PreparedData:
     """Documents truncated to ``window`` tokens; ``n_repeated`` of them and the canaries repeated ``repeats`` times."""
     import numpy as np
-    from datasets import Dataset
 
     import memsinks
+    from memsinks._memorization_corpus import Source, draw_canaries, training_dataset
 
     table = _load_table(d)
     need = d.n_repeated + d.n_heldout + 1
@@ -207,19 +171,18 @@ def _finetune_rows(d: DataArguments, tokenizer) -> PreparedData:
     train, train_keys = rows(train_idx)
     repeated, repeated_keys = rows(repeated_idx)
     heldout, _ = rows(heldout_idx)
-    canary_texts = _canary_texts(d)
+    canary_texts = draw_canaries(d.n_canaries, d.canary_digits, d.seed)
     canaries = [encode(t) for t in canary_texts]
     if keys is None:
+        sources = [Source(train), Source(repeated + canaries, d.repeats)]
         member_ids = [memsinks.content_id(s) for s in repeated]
         canary_ids = [memsinks.content_id(s) for s in canaries]
-        ds = Dataset.from_dict({"input_ids": train + (repeated + canaries) * d.repeats}).shuffle(seed=d.seed)
-        ds = memsinks.assign_sequence_ids(ds)
     else:
         member_ids = [memsinks.key_id(k) for k in repeated_keys]
         canary_ids = [memsinks.key_id(f"memsinks-canary-{i}") for i in range(len(canaries))]
-        all_ids = [memsinks.key_id(k) for k in train_keys] + (member_ids + canary_ids) * d.repeats
-        ds = Dataset.from_dict({"input_ids": train + (repeated + canaries) * d.repeats, "sequence_ids": all_ids})
-        ds = ds.shuffle(seed=d.seed)
+        sources = [Source(train, ids=[memsinks.key_id(k) for k in train_keys]),
+                   Source(repeated + canaries, d.repeats, ids=member_ids + canary_ids)]
+    ds = training_dataset(sources, seed=d.seed)
     return PreparedData(tokenizer, ds, repeated, member_ids, canaries, canary_ids, canary_texts, heldout)
 
 
@@ -260,15 +223,14 @@ def load_prepared(directory: str, fingerprint: dict | None) -> PreparedData:
 
 
 def load_tokenizer(name: str, gguf_file: str | None = None):
-    from transformers import AutoTokenizer
+    """``memsinks._causal_lm.load_tokenizer`` (padding with EOS where there is no padding token), its failures
+    turned into messages about the config."""
+    from memsinks._causal_lm import load_tokenizer as load
 
     try:
-        tok = AutoTokenizer.from_pretrained(name, **({"gguf_file": gguf_file} if gguf_file else {}))
+        return load(name, gguf_file=gguf_file)
     except Exception as err:
         raise RecipeError(f"Could not load a tokenizer from {name!r} ({type(err).__name__}: {err}).") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def on_rank0_then_all(fn, what: str):

@@ -92,21 +92,14 @@ def _model_from_config(r: Recipe, tokenizer, max_len: int, dtype):
 
 
 def _pretrained_model(r: Recipe, dtype):
-    from transformers import AutoModelForCausalLM
+    """``memsinks._causal_lm.load_causal_lm`` of model.name_or_path (GGUF weights de-quantized to ``dtype``)."""
+    from memsinks._causal_lm import load_causal_lm
 
     path = r.model.name_or_path  # an existing directory or a hub name (checked with the config)
-    kwargs = {"dtype": dtype}
-    if r.model.gguf_file:
-        kwargs["gguf_file"] = r.model.gguf_file
     try:
-        model = AutoModelForCausalLM.from_pretrained(os.path.expanduser(path), **kwargs)
+        return load_causal_lm(path, gguf_file=r.model.gguf_file, dtype=dtype)
     except Exception as err:
         raise RecipeError(f"Could not load model.name_or_path={path!r} ({type(err).__name__}: {err}).") from None
-    if r.model.gguf_file and getattr(model, "hf_quantizer", None) is not None:
-        # transformers dequantizes GGUF weights to dtype but still flags the model as quantized, which the
-        # Trainer and save_pretrained refuse; the weights are plain tensors, so the flag goes
-        model.hf_quantizer.remove_quantization_config(model)
-    return model
 
 
 def _weight_files(directory: str) -> list[str]:

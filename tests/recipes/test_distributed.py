@@ -1,7 +1,7 @@
 """recipes/train.py run end to end in 1 and 2 CPU processes (gloo): DDP through accelerate's launcher, and
 DeepSpeed ZeRO-2 and ZeRO-3 on DeepSpeed's CPU accelerator.
 
-Every run trains the same tiny recipe (tests.recipe_helpers.tiny_pretrain_config: 8 steps of a global
+Every run trains the same tiny recipe (tests.recipes.helpers.tiny_pretrain_config: 8 steps of a global
 batch of 8 rows) and each test asserts the world size it got. What must hold under distribution:
 the loss curve matches one process with the same global batch; every sequence ID gets the same mask
 on every rank (checked against the pure-Python routing reference); the probe callback logs each
@@ -20,7 +20,7 @@ import torch
 
 import memsinks
 from memsinks.routing import reference_unit_is_on
-from tests.recipe_helpers import (ACCELERATE, check_ok, log_history, run_recipe, summary, tiny_pretrain_config,
+from tests.recipes.helpers import (ACCELERATE, check_ok, log_history, run_recipe, summary, tiny_pretrain_config,
                                   write_config)
 
 pytestmark = pytest.mark.slow

@@ -1,8 +1,6 @@
 """The console command and the demo it runs."""
 
 import json
-
-import pytest
 import math
 import subprocess
 import sys
@@ -41,17 +39,3 @@ def test_demo_on_a_users_jsonl_file(tmp_path, capsys, shakespeare_path):
     assert "windows of" in capsys.readouterr().out
     results = json.loads(out.read_text())
     assert all(math.isfinite(v) for v in results.values())
-
-
-def test_load_documents_errors(tmp_path):
-    from memsinks.corpus import load_documents
-
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"body": "x"}\n')
-    import pytest
-
-    with pytest.raises(KeyError, match="no 'text' field"):
-        load_documents(str(bad))
-    txt = tmp_path / "a.txt"
-    txt.write_text("one\n\ntwo\n")
-    assert load_documents(str(txt)) == ["one", "two"]

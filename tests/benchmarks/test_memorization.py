@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from memorization_lib import report  # noqa: E402

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import memsinks
-from tests.recipe_helpers import save_tiny_base, summary, train_module, write_config
+from tests.recipes.helpers import save_tiny_base, summary, train_module, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 RECIPES = REPO / "recipes"
 TRAIN = RECIPES / "train.py"
 ACCELERATE = RECIPES / "accelerate"

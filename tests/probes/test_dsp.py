@@ -8,19 +8,12 @@ import torch
 
 import memsinks
 from memsinks.probes import DSPConfig, PromptGenerator, dsp_extraction
-from memsinks.probes.dsp import greedy_with_prompt, initial_prompt
+from memsinks.probes.soft_prompts import greedy_with_prompt, initial_prompt
 from memsinks.probes.generation import greedy_continuations_uncached
 from tests.conftest import tiny_model
 
 V, P, S, M = 64, 8, 8, 4
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _gpt2(seed=0):

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import memsinks
-from tests.recipe_helpers import (ACCELERATE, RECIPES, save_tiny_base, tiny_pretrain_config, train_module,
+from tests.recipes.helpers import (ACCELERATE, RECIPES, save_tiny_base, tiny_pretrain_config, train_module,
                                   write_config)
 
-from memsinks_recipe.common import RecipeError  # noqa: E402  (recipe_helpers puts recipes/ on sys.path)
-from memsinks_recipe.config import load_recipe  # noqa: E402
+from memsinks_recipe.common import RecipeError  # noqa: E402  (tests.recipes.helpers puts recipes/ on sys.path)
+from memsinks_recipe.arguments import load_recipe  # noqa: E402
 from memsinks_recipe.launch import Launch, training_arguments  # noqa: E402
 
 CONFIGS = sorted((RECIPES / "configs").glob("*.yaml"))

@@ -12,13 +12,6 @@ from memsinks.probes.generation import greedy_continuations_uncached
 from tests.conftest import tiny_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _sharpen(model, scale=4.0, seed=0):
     """Perturb a freshly initialised tiny model and scale its output head, so that greedy continuations
