@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from memsinks.probes._common import (
-    as_token_lists, batch_starts, device_of, eval_mode, resolve_pad_token_id, resolve_sequence_ids, unwrap,
+    as_token_lists, batch_starts, device_of, eval_mode, resolve_pad_token_id, resolve_sequence_ids,
 )
+from memsinks.unwrap import unwrap_model
 
 
 def _left_padded(chunk: list[list[int]], pad_token_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,7 +103,7 @@ def generate_continuations(
     prefixes = as_token_lists(prefixes, "prefixes")
     if any(len(p) == 0 for p in prefixes):
         raise ValueError("Every prefix needs at least one token to condition on.")
-    model = unwrap(model)
+    model = unwrap_model(model)
     if not hasattr(model, "generate"):
         raise TypeError(f"{type(model).__name__} has no generate(); pass a transformers causal LM.")
     pad = resolve_pad_token_id(model, pad_token_id)
@@ -139,7 +140,7 @@ def greedy_continuations_uncached(
     Returns int64 (N, max_new_tokens). Slow by design; it defines what the batched path computes.
     """
     prefixes = as_token_lists(prefixes, "prefixes")
-    model = unwrap(model)
+    model = unwrap_model(model)
     ids = resolve_sequence_ids(model, prefixes, sequence_ids)
     device = device_of(model)
     out = np.zeros((len(prefixes), max_new_tokens), dtype=np.int64)
