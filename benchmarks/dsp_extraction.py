@@ -32,7 +32,6 @@ minute); its numbers are not the science.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -121,8 +120,7 @@ def attack(model, mode: str | None, split: dict, s: Scenario1Settings, cfg: DSPC
            "train_loss": {}, "attack_seconds": {}}
     for variant in ("shifted", "overlap"):
         start = time.perf_counter()
-        sinks = memsinks.sinks_mode(model, mode) if mode else contextlib.nullcontext()
-        with sinks:
+        with memsinks.sinks_mode(model, mode):
             res = dsp_extraction(model, seqs["attack"], evals, prefix_len=s.prefix_len, suffix_len=s.suffix_len,
                                  config=replace(cfg, prompt_positions=variant), **kwargs)
         assert res.n_attack == len(seqs["attack"]) and res.n_eval == len(evals)

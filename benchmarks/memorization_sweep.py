@@ -32,7 +32,6 @@ import torch  # noqa: E402
 
 import memsinks  # noqa: E402
 from memorization_lib.data import build_scenario1, load_text, scenario1_tokenizer  # noqa: E402
-from memorization_lib.metrics import mode_context  # noqa: E402
 from memorization_lib.scenario1 import scenario1_model  # noqa: E402
 from memorization_lib.settings import Scenario1Settings  # noqa: E402
 from memorization_lib.training import steps_for, train_arm  # noqa: E402
@@ -81,7 +80,7 @@ def settings_for(setup: dict, base: Scenario1Settings) -> Scenario1Settings:
 def losses(model, data, mode) -> dict:
     pad = data.corpus.tokenizer.pad_token_id
     out = {}
-    with mode_context(model, mode):
+    with memsinks.sinks_mode(model, mode):
         for name, seqs in (("repeated", data.corpus.repeated), ("heldout", data.corpus.heldout)):
             ids = [memsinks.content_id(s) for s in seqs] if mode == "own" else None
             out[name] = float(np.mean(sequence_losses(model, seqs, ids, pad_token_id=pad)))

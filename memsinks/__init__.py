@@ -15,8 +15,9 @@ from memsinks._version import __version__
 from memsinks.architectures import register_architecture, supported_model_types
 from memsinks.config import SinksConfig
 from memsinks.data import SinksDataCollator, assign_sequence_ids, content_id, key_id
-from memsinks.model import add_sinks, from_pretrained, get_sinks_config, has_sinks, remove_sinks, sinks_mode
+from memsinks.model import add_sinks, get_sinks_config, has_sinks, remove_sinks, sinks_mode
 from memsinks.privacy import PrivacyConfig, make_private
+from memsinks.save_and_load import from_pretrained
 
 __all__ = [
     "__version__",

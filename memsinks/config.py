@@ -8,63 +8,59 @@ safetensors, and that ``memsinks.from_pretrained`` reads back to rebuild identic
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from memsinks._saved_config import SavedConfig
+from memsinks.ids import MAX_SEQUENCE_ID, validate_sequence_id
 
 SINKS_CONFIG_NAME = "sinks_config.json"
 PLACEMENTS = ("split", "append")
 EVAL_MODES = ("drop", "mean", "own", "exclude")
 HASH_SCHEMES = ("splitmix64-v1",)
-MAX_SEQUENCE_ID = (1 << 63) - 1
 
 
 @dataclass
 class SinksConfig(SavedConfig):
     """How the MLP units of each selected block are split into shared units and a sink pool.
 
-    Attributes:
-        p_gen: share of a block's existing MLP units that stay shared (always on) under
-            ``placement="split"``; the remaining ``1 - p_gen`` form the sink pool. The paper's
-            setting keeps about 70% shared. Ignored by ``append``, where every original unit
-            is shared.
-        p_mem: share of the sink pool that one sequence ID switches on (paper: 0.3).
-        placement: ``"split"`` carves the pool out of the existing units (training from
-            scratch); ``"append"`` adds ``n_sink_units`` new units per selected MLP whose
-            down-projection weights start at zero, so the model's function is unchanged
-            (fine-tuning a pretrained model).
-        n_sink_units: size of the appended pool per MLP (``append`` only).
-        layers: indices of the transformer blocks that get sinks (negative indices count
-            from the end); ``None`` means every block.
-        routing_seed: seed of the ID-to-sink hash. Two models with the same seed route every
-            ID to the same units.
-        eval_mode: what the sinks do when the model is in eval mode and no
-            ``sinks_mode`` context is active: ``"drop"`` (sinks off: the shipped model),
-            ``"mean"`` (sinks scaled by ``p_mem``), ``"own"`` (each sequence's own sinks,
-            needs ``sequence_ids``) or ``"exclude"`` (``exclude_ids``' sinks off).
-        exclude_ids: IDs whose sinks ``"exclude"`` mode switches off.
-        hash_scheme: version of the routing hash; kept in the file so that a future change
-            of the hash can never silently re-route an old checkpoint.
-        mask_cache_size: how many IDs' masks are kept on the device between batches.
-        base_intermediate_size: MLP width before sinks were appended; filled in by
-            ``add_sinks`` and used to restore the original architecture.
-        model_type: the transformers ``model_type`` the sinks were attached to (filled in).
+    Each field's meaning is in its ``metadata["help"]`` (the one source that documentation and
+    ``--help-config`` read, as in peft's ``LoraConfig``).
     """
 
     CONFIG_NAME = SINKS_CONFIG_NAME
 
-    p_gen: float = 0.7
-    p_mem: float = 0.3
-    placement: str = "split"
-    n_sink_units: int | None = None
-    layers: list[int] | None = None
-    routing_seed: int = 0
-    eval_mode: str = "drop"
-    exclude_ids: list[int] = field(default_factory=list)
-    hash_scheme: str = "splitmix64-v1"
-    mask_cache_size: int = 8192
-    base_intermediate_size: int | None = None
-    model_type: str | None = None
+    p_gen: float = field(default=0.7, metadata={"help": (
+        "Share of a block's existing MLP units that stay shared (always on) under placement='split'; the "
+        "remaining 1 - p_gen form the sink pool. The paper's setting keeps about 70% shared. Ignored by "
+        "'append', where every original unit is shared.")})
+    p_mem: float = field(default=0.3, metadata={"help": (
+        "Share of the sink pool that one sequence ID switches on (paper: 0.3).")})
+    placement: str = field(default="split", metadata={"help": (
+        "'split' carves the pool out of the existing units (training from scratch); 'append' adds "
+        "n_sink_units new units per selected MLP whose down-projection weights start at zero, so the model's "
+        "function is unchanged (fine-tuning a pretrained model).")})
+    n_sink_units: int | None = field(default=None, metadata={"help": (
+        "Size of the appended pool per MLP ('append' only).")})
+    layers: list[int] | None = field(default=None, metadata={"help": (
+        "Indices of the transformer blocks that get sinks (negative indices count from the end); None means "
+        "every block.")})
+    routing_seed: int = field(default=0, metadata={"help": (
+        "Seed of the ID-to-sink hash. Two models with the same seed route every ID to the same units.")})
+    eval_mode: str = field(default="drop", metadata={"help": (
+        "What the sinks do when the model is in eval mode and no sinks_mode context is active: 'drop' (sinks "
+        "off: the shipped model), 'mean' (sinks scaled by p_mem), 'own' (each sequence's own sinks, needs "
+        "sequence_ids) or 'exclude' (exclude_ids' sinks off).")})
+    exclude_ids: list[int] = field(default_factory=list, metadata={"help": (
+        "IDs whose sinks 'exclude' mode switches off.")})
+    hash_scheme: str = field(default="splitmix64-v1", metadata={"help": (
+        "Version of the routing hash; kept in the file so that a future change of the hash can never "
+        "silently re-route an old checkpoint.")})
+    mask_cache_size: int = field(default=8192, metadata={"help": (
+        "How many IDs' masks are kept on the device between batches.")})
+    base_intermediate_size: int | None = field(default=None, metadata={"help": (
+        "MLP width before sinks were appended; filled in by add_sinks and used to restore the original "
+        "architecture.")})
+    model_type: str | None = field(default=None, metadata={"help": (
+        "The transformers model_type the sinks were attached to (filled in by add_sinks).")})
 
     def __post_init__(self) -> None:
         for name in ("p_gen", "p_mem"):
@@ -130,19 +126,3 @@ class SinksConfig(SavedConfig):
             "model loads with AutoModelForCausalLM.from_pretrained; attach sinks with memsinks.add_sinks."
         )
 
-
-def validate_sequence_id(value: Any, what: str = "sequence id") -> int:
-    """Check that ``value`` is a valid sequence ID (an int in [0, 2**63)) and return it as int."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            import numpy as np
-
-            if isinstance(value, np.integer):
-                value = int(value)
-            else:
-                raise TypeError
-        except TypeError:
-            raise TypeError(f"{what}: sequence IDs are ints in [0, 2**63); got {value!r} of type {type(value).__name__}.") from None
-    if not 0 <= value <= MAX_SEQUENCE_ID:
-        raise ValueError(f"{what}: sequence IDs are ints in [0, 2**63); got {value}.")
-    return value

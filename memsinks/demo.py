@@ -9,7 +9,6 @@ working: the memorization sat in the sinks, the language in the shared units.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -94,8 +93,7 @@ def evaluate(model, evals: dict, pad: int, secret_tokens: int) -> dict:
         keep = secret_tokens if name == "canaries" else None
         modes = ("own", "drop") if memsinks.has_sinks(model) else ("plain",)
         for mode in modes:
-            ctx = memsinks.sinks_mode(model, mode) if mode != "plain" else contextlib.nullcontext()
-            with ctx:
+            with memsinks.sinks_mode(model, None if mode == "plain" else mode):
                 nlls = token_nlls(model, seqs, ids if mode != "plain" else None, pad_token_id=pad)
             results[(name, mode)] = float(np.mean([x[-keep:].mean() if keep else x.mean() for x in nlls]))
     return results

@@ -1,55 +1,33 @@
-"""Wrappers on an MLP's projections that carry the sinks.
+"""Wrappers on an MLP's projections that carry the sinks; each knows how to attach, save and unload itself.
 
-``SinkDownProjection`` wraps the down projection (GPT-2 ``c_proj``, Llama ``down_proj``, ...)
+A sink down projection wraps the down projection (GPT-2 ``c_proj``, Llama ``down_proj``, ...)
 and multiplies its input, the MLP hidden activations, by the current batch's mask before
-projecting. Under ``append`` placement the pool is a separate set of units:
-``SinkUpProjection`` widens each up projection (Llama: gate and up) by the pool's rows, and
-the down wrapper adds the pool's contribution, whose weights start at zero, to the untouched
-base projection, so the base model's output is reproduced exactly before training.
+projecting. It comes in two variants, one per placement:
 
-Both wrappers present the stock state-dict layout: ``state_dict()`` returns the widened
+- ``SplitSinkDownProjection``: the pool is the last ``pool`` of the MLP's own units.
+- ``AppendSinkDownProjection``: the pool is a separate set of units. ``SinkUpProjection``
+  widens each up projection (Llama: gate and up) by the pool's rows, and the down wrapper adds
+  the pool's contribution, whose weights start at zero, to the untouched base projection, so
+  the base model's output is reproduced exactly before training.
+
+All wrappers present the stock state-dict layout: ``state_dict()`` returns the widened
 ``weight``/``bias`` under the original module's key (so ``save_pretrained`` writes a checkpoint
 that stock transformers can read, with the MLP width stated in ``config.json``), and
-``load_state_dict`` accepts that layout back.
+``load_state_dict`` accepts that layout back. ``unload`` turns a wrapper back into a plain
+projection with a constant factor per pool unit baked in (or the pool pruned).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from memsinks.projection import has_bias, in_out, linear_weight, new_projection, project
 from memsinks.routing import SinkRouter
-
-
-def linear_weight(module: nn.Module) -> torch.Tensor:
-    """The module's weight as (out_features, in_features), a view (Conv1D stores (in, out))."""
-    if isinstance(module, Conv1D):
-        return module.weight.t()
-    return module.weight
-
-
-def project(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply ``module`` to ``x`` without requiring ``x`` to be contiguous.
-
-    Gives bit-identical results to ``module(x)`` for ``nn.Linear`` and ``Conv1D``.
-    """
-    if isinstance(module, Conv1D):
-        out = torch.addmm(module.bias, x.reshape(-1, x.shape[-1]), module.weight)
-        return out.view(x.shape[:-1] + (module.nf,))
-    if type(module) is nn.Linear:
-        return F.linear(x, module.weight, module.bias)
-    return module(x.contiguous())
-
-
-def _in_out(module: nn.Module) -> tuple[int, int]:
-    w = linear_weight(module)
-    return w.shape[1], w.shape[0]
-
-
-def _has_bias(module: nn.Module) -> bool:
-    return getattr(module, "bias", None) is not None
 
 
 class _StockLayout(nn.Module):
@@ -72,10 +50,10 @@ class _StockLayout(nn.Module):
         return {"weight": "base", "bias": "base"}
 
     def _merge(self, state: dict, prefix: str) -> None:
-        """Fold the pool's tensors into the widened stock tensors (subclasses with a pool)."""
+        """Fold the pool's tensors into the widened stock tensors (wrappers with their own pool tensors)."""
 
     def _split(self, state: dict, prefix: str) -> None:
-        """Split widened stock tensors into base and pool tensors (subclasses with a pool)."""
+        """Split widened stock tensors into base and pool tensors (wrappers with their own pool tensors)."""
 
 
 def _to_stock_layout(module: _StockLayout, state: dict, prefix: str, local_metadata) -> None:
@@ -95,28 +73,37 @@ def _from_stock_layout(module: _StockLayout, state: dict, prefix: str, *args) ->
         state[prefix + "base." + key[len(prefix):]] = state.pop(key)
 
 
-class SinkUpProjection(_StockLayout):
-    """An up (or gate) projection widened by ``n_sink`` appended units.
+def _check_width(key: str, got: int, expected: int) -> None:
+    if got != expected:
+        raise RuntimeError(
+            f"{key}: the checkpoint's MLP has {got} units where this model with sinks has {expected}. "
+            "Load a checkpoint saved with the same SinksConfig (memsinks.from_pretrained), or attach "
+            "sinks after loading the base weights."
+        )
 
-    ``forward(x)`` returns (..., out + n_sink): the base projection's units, then the pool's.
+
+class SinkUpProjection(_StockLayout):
+    """An up (or gate) projection widened by ``pool`` appended units.
+
+    ``forward(x)`` returns (..., out + pool): the base projection's units, then the pool's.
     The pool's rows start as random as the base rows (same standard deviation).
     """
 
-    def __init__(self, base: nn.Module, n_sink: int, generator: torch.Generator):
+    def __init__(self, base: nn.Module, pool: int, generator: torch.Generator):
         super().__init__()
         self.base = base
-        in_features, _ = _in_out(base)
+        in_features, _ = in_out(base)
         w = linear_weight(base)
         std = float(w.detach().float().std()) or 0.02
-        init = torch.randn(n_sink, in_features, generator=generator) * std
+        init = torch.randn(pool, in_features, generator=generator) * std
         self.sink_weight = nn.Parameter(init.to(device=w.device, dtype=w.dtype))
         self.sink_bias = (
-            nn.Parameter(torch.zeros(n_sink, device=w.device, dtype=w.dtype)) if _has_bias(base) else None
+            nn.Parameter(torch.zeros(pool, device=w.device, dtype=w.dtype)) if has_bias(base) else None
         )
-        self.n_sink = n_sink
+        self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., in) -> (..., out + n_sink)."""
+        """x: (..., in) -> (..., out + pool)."""
         base_out = project(self.base, x)
         sink_out = F.linear(x, self.sink_weight, self.sink_bias)
         return torch.cat([base_out, sink_out], dim=-1)
@@ -134,7 +121,7 @@ class SinkUpProjection(_StockLayout):
         if key not in state:
             return
         w = state[key]
-        n = self.n_sink
+        n = self.pool
         out_dim = 1 if conv else 0
         _check_width(key, w.shape[out_dim], linear_weight(self.base).shape[0] + n)
         base_w, sink_w = w.narrow(out_dim, 0, w.shape[out_dim] - n), w.narrow(out_dim, w.shape[out_dim] - n, n)
@@ -144,43 +131,142 @@ class SinkUpProjection(_StockLayout):
             b = state[prefix + "bias"]
             state[prefix + "bias"], state[prefix + "sink_bias"] = b[:-n], b[-n:]
 
-
-def _check_width(key: str, got: int, expected: int) -> None:
-    if got != expected:
-        raise RuntimeError(
-            f"{key}: the checkpoint's MLP has {got} units where this model with sinks has {expected}. "
-            "Load a checkpoint saved with the same SinksConfig (memsinks.from_pretrained), or attach "
-            "sinks after loading the base weights."
-        )
+    def unload(self, prune: bool) -> nn.Module:
+        """The plain projection: ``base`` itself when pruning, else base and pool rows in one widened module."""
+        if prune:
+            return self.base
+        w = torch.cat([linear_weight(self.base).detach(), self.sink_weight.detach()])
+        b = None if self.sink_bias is None else torch.cat([self.base.bias.detach(), self.sink_bias.detach()])
+        return new_projection(self.base, w, b)
 
 
 class SinkDownProjection(_StockLayout):
     """The down projection of a block with sinks: masks its input units, then projects.
 
-    ``split``: ``base`` spans all units; the last ``pool`` of them are the sink pool.
-    ``append``: ``base`` spans the original units; ``sink_weight`` (out, pool), zero at
-    creation, projects the appended pool.
+    The base of the two placement variants. ``base`` is the wrapped projection, ``layer`` the
+    block index, ``pool`` the number of sink units, ``router`` the model's (shared) router
+    whose ``mask_for(layer)`` gives the current batch's mask.
     """
 
-    def __init__(self, base: nn.Module, router: SinkRouter, layer: int, pool: int, placement: str):
+    placement: ClassVar[str]
+
+    def __init__(self, base: nn.Module, router: SinkRouter, layer: int, pool: int):
         super().__init__()
         self.base = base
         self.layer = layer
         self.pool = pool
-        self.placement = placement
         self.__dict__["router"] = router  # shared, not a submodule: one router per model
-        if placement == "append":
-            _, out_features = _in_out(base)
-            w = linear_weight(base)
-            self.sink_weight = nn.Parameter(torch.zeros(out_features, pool, device=w.device, dtype=w.dtype))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h: (B, T, units) hidden activations -> (B, T, hidden)."""
+    @staticmethod
+    def mask_width(width: int, pool: int) -> int:
+        """How many units the router's mask of a block covers, for an MLP of ``width`` units."""
+        raise NotImplementedError
+
+    @classmethod
+    def attach(cls, mlp: nn.Module, up: Sequence[str], down: str, router: SinkRouter, layer: int,
+               pool: int) -> "SinkDownProjection":
+        """Wrap ``mlp``'s projections named ``up`` and ``down`` in place; returns the down wrapper."""
+        wrapper = cls(getattr(mlp, down), router, layer, pool)
+        setattr(mlp, down, wrapper)
+        return wrapper
+
+    def _mask(self, h: torch.Tensor) -> torch.Tensor | None:
         mask = self.router.mask_for(self.layer)
         if mask is not None and mask.dtype != h.dtype:
             mask = mask.to(h.dtype)
-        if self.placement == "split":
-            return self.base(h * mask)
+        return mask
+
+    def unload(self, factor: torch.Tensor, prune: bool) -> nn.Module:
+        """The plain down projection that computes what this one does with pool unit ``u`` scaled by ``factor[u]``.
+
+        Args:
+            factor: float (pool,), a constant per pool unit (drop: 0, mean: p_mem, exclude: 0 or p_mem).
+            prune: remove the pool units instead (``factor`` must then be all zero).
+        """
+        raise NotImplementedError
+
+    def unload_up(self, up: nn.Module, prune: bool) -> nn.Module:
+        """The plain module for one of the MLP's up projections when this block's sinks are unloaded."""
+        raise NotImplementedError
+
+    def unloaded_width(self, prune: bool) -> int:
+        """The MLP's width after ``unload``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_prune(factor: torch.Tensor, prune: bool) -> None:
+        if prune and bool(factor.any()):
+            raise ValueError("Pruning sink units only reproduces the model when their factor is 0 (mode 'drop').")
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer}, placement={self.placement}, pool={self.pool}"
+
+
+class SplitSinkDownProjection(SinkDownProjection):
+    """``split`` placement: ``base`` spans all units; the last ``pool`` of them are the sink pool."""
+
+    placement = "split"
+
+    @staticmethod
+    def mask_width(width: int, pool: int) -> int:
+        return width
+
+    @property
+    def shared(self) -> int:
+        return in_out(self.base)[0] - self.pool
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h: (B, T, units) hidden activations -> (B, T, hidden)."""
+        return self.base(h * self._mask(h))
+
+    def unload(self, factor: torch.Tensor, prune: bool) -> nn.Module:
+        self._check_prune(factor, prune)
+        w = linear_weight(self.base).detach()
+        bias = self.base.bias.detach() if has_bias(self.base) else None
+        if prune:
+            return new_projection(self.base, w[:, :self.shared], bias)
+        scale = torch.cat([torch.ones(self.shared), factor]).to(w)
+        return new_projection(self.base, w * scale, bias)
+
+    def unload_up(self, up: nn.Module, prune: bool) -> nn.Module:
+        if not prune:
+            return up
+        w = linear_weight(up).detach()[:self.shared]
+        b = up.bias.detach()[:self.shared] if has_bias(up) else None
+        return new_projection(up, w, b)
+
+    def unloaded_width(self, prune: bool) -> int:
+        return self.shared if prune else in_out(self.base)[0]
+
+
+class AppendSinkDownProjection(SinkDownProjection):
+    """``append`` placement: ``base`` spans the original units; ``sink_weight`` (out, pool), zero at
+    creation, projects the appended pool (whose up rows live in the ``SinkUpProjection``s)."""
+
+    placement = "append"
+
+    def __init__(self, base: nn.Module, router: SinkRouter, layer: int, pool: int):
+        super().__init__(base, router, layer, pool)
+        _, out_features = in_out(base)
+        w = linear_weight(base)
+        self.sink_weight = nn.Parameter(torch.zeros(out_features, pool, device=w.device, dtype=w.dtype))
+
+    @staticmethod
+    def mask_width(width: int, pool: int) -> int:
+        return pool
+
+    @classmethod
+    def attach(cls, mlp: nn.Module, up: Sequence[str], down: str, router: SinkRouter, layer: int,
+               pool: int) -> "SinkDownProjection":
+        # the appended rows' initial values depend only on the routing seed and the block
+        generator = torch.Generator().manual_seed((router.config.routing_seed * 1000003 + layer) % (1 << 63))
+        for name in up:
+            setattr(mlp, name, SinkUpProjection(getattr(mlp, name), pool, generator))
+        return super().attach(mlp, up, down, router, layer, pool)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h: (B, T, units + pool) hidden activations -> (B, T, hidden)."""
+        mask = self._mask(h)
         n_base = h.shape[-1] - self.pool
         out = project(self.base, h[..., :n_base])
         if mask is None:
@@ -188,15 +274,13 @@ class SinkDownProjection(_StockLayout):
         return out + F.linear(h[..., n_base:] * mask, self.sink_weight)
 
     def _merge(self, state: dict, prefix: str) -> None:
-        if self.placement != "append":
-            return
         conv = isinstance(self.base, Conv1D)
         w = state.pop(prefix + "sink_weight")
         state[prefix + "weight"] = torch.cat([state[prefix + "weight"], w.t() if conv else w], dim=0 if conv else 1)
 
     def _split(self, state: dict, prefix: str) -> None:
         key = prefix + "weight"
-        if self.placement != "append" or key not in state:
+        if key not in state:
             return
         conv = isinstance(self.base, Conv1D)
         in_dim = 0 if conv else 1
@@ -207,5 +291,34 @@ class SinkDownProjection(_StockLayout):
         sink = w.narrow(in_dim, w.shape[in_dim] - n, n)
         state[prefix + "sink_weight"] = sink.t() if conv else sink
 
-    def extra_repr(self) -> str:
-        return f"layer={self.layer}, placement={self.placement}, pool={self.pool}"
+    def unload(self, factor: torch.Tensor, prune: bool) -> nn.Module:
+        self._check_prune(factor, prune)
+        if prune:
+            return self.base
+        w = linear_weight(self.base).detach()
+        bias = self.base.bias.detach() if has_bias(self.base) else None
+        sink = self.sink_weight.detach() * factor.to(w)
+        return new_projection(self.base, torch.cat([w, sink], dim=1), bias)
+
+    def unload_up(self, up: nn.Module, prune: bool) -> nn.Module:
+        if not isinstance(up, SinkUpProjection):
+            raise TypeError(f"An appended pool's up projection is a SinkUpProjection; got {type(up).__name__}.")
+        return up.unload(prune)
+
+    def unloaded_width(self, prune: bool) -> int:
+        return in_out(self.base)[0] + (0 if prune else self.pool)
+
+
+DOWN_PROJECTIONS: dict[str, type[SinkDownProjection]] = {
+    cls.placement: cls for cls in (SplitSinkDownProjection, AppendSinkDownProjection)
+}
+
+
+def sink_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters that make up the sinks: appended pools, or the MLPs that hold split pools."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (SinkUpProjection, SinkDownProjection)):
+            for pname, p in module.named_parameters():
+                out[f"{name}.{pname}"] = p
+    return out

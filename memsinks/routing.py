@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from memsinks.config import MAX_SEQUENCE_ID, SinksConfig
+from memsinks.config import SinksConfig
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -234,16 +234,28 @@ class SinkRouter:
             if inverse.dim() == 1:
                 self._current = ["batch", rows[inverse]]
             return
-        if mode == "drop":
-            pool = torch.zeros(self.total_pool, dtype=dtype, device=device)
-        elif mode == "mean":
-            pool = torch.full((self.total_pool,), self.config.p_mem, dtype=dtype, device=device)
-        elif mode == "exclude":
-            keep = ~self._excluded_units(exclude_ids, device)
-            pool = keep.to(dtype) * self.config.p_mem
-        else:
-            raise ValueError(f"Unknown sinks mode {mode!r}; use one of 'drop', 'mean', 'own', 'exclude'.")
+        pool = self.constant_pool(mode, exclude_ids, dtype, device)
         self._current = ["const", self._pool_to_width(pool), mode == "drop"]
+
+    def constant_pool(
+        self,
+        mode: str,
+        exclude_ids: Sequence[int],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """The factor of each pool unit (all layers concatenated, (total_pool,)) in a mode that needs no IDs.
+
+        ``"drop"``: 0; ``"mean"``: ``p_mem``; ``"exclude"``: 0 for the units of ``exclude_ids``, ``p_mem`` elsewhere.
+        """
+        if mode == "drop":
+            return torch.zeros(self.total_pool, dtype=dtype, device=device)
+        if mode == "mean":
+            return torch.full((self.total_pool,), self.config.p_mem, dtype=dtype, device=device)
+        if mode == "exclude":
+            keep = ~self._excluded_units(exclude_ids, torch.device(device))
+            return keep.to(dtype) * self.config.p_mem
+        raise ValueError(f"Unknown sinks mode {mode!r}; use one of 'drop', 'mean', 'own', 'exclude'.")
 
     def _excluded_units(self, exclude_ids: Sequence[int], device: torch.device) -> torch.Tensor:
         if not exclude_ids:

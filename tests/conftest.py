@@ -44,3 +44,8 @@ def run_python(code: str, env: dict | None = None, cwd: str | None = None) -> st
     if proc.returncode != 0:
         raise AssertionError(f"subprocess failed:\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
+
+
+def token_batch(vocab: int = 128, shape: tuple[int, int] = (3, 12), seed: int = 0) -> torch.Tensor:
+    """Random token IDs in [1, vocab), int64 ``shape``, the same for the same seed."""
+    return torch.randint(1, vocab, shape, generator=torch.Generator().manual_seed(seed))

@@ -1,9 +1,8 @@
 """LoRA adapters on attention and sinks in the MLP, trained together (sinks attached to the peft model)."""
 
-import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 import memsinks
 from tests.conftest import tiny_model

@@ -128,3 +128,15 @@ def test_exclude_mode_zeroes_only_excluded_units():
     m = router.mask_for(3)[70:]
     bits = router.compute_pool_bits(torch.tensor([11, 12]))[:, 60:90].any(0)
     assert torch.all(m[bits] == 0) and torch.allclose(m[~bits], torch.full_like(m[~bits], 0.3))
+
+
+@pytest.mark.parametrize("mode,exclude", [("drop", ()), ("mean", ()), ("exclude", (11, 12))])
+def test_constant_pool_is_the_pool_part_of_the_constant_masks(mode, exclude):
+    router = _router()
+    pool = router.constant_pool(mode, exclude)
+    assert pool.shape == (90,) and pool.dtype == torch.float32
+    router.begin(None, mode, exclude, torch.float32, torch.device("cpu"))
+    for i, layer in enumerate((0, 1, 3)):
+        assert torch.equal(router.mask_for(layer)[70:], pool[30 * i:30 * (i + 1)])
+    with pytest.raises(ValueError, match="'own'"):
+        router.constant_pool("own", ())

@@ -1,7 +1,6 @@
 """Sinks under the stock transformers Trainer: IDs survive the column filter, loss falls, resume is exact."""
 
 import json
-import os
 
 import pytest
 import torch

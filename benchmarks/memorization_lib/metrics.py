@@ -15,7 +15,6 @@ the model never trained, which is what a fresh sequence would get.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -30,11 +29,6 @@ from memsinks.probes.extraction import exact_match, longest_common_ngram, token_
 from .data import DIGITS, digit_tokens
 
 
-def mode_context(model, mode: str | None):
-    """``memsinks.sinks_mode(model, mode)``, or nothing for a model without sinks (``mode=None``)."""
-    return memsinks.sinks_mode(model, mode) if mode else contextlib.nullcontext()
-
-
 def _ids(sequences: list[list[int]], mode: str | None) -> list[int] | None:
     return [memsinks.content_id(s) for s in sequences] if mode == "own" else None
 
@@ -46,7 +40,7 @@ def evaluate_scenario1(model, data, mode: str | None, s, seed: int) -> dict:
     rep, held = data.corpus.repeated, data.corpus.heldout
     rep_ids, held_ids = _ids(rep, mode), _ids(held, mode)
     alphabet = digit_tokens(tok)
-    with mode_context(model, mode):
+    with memsinks.sinks_mode(model, mode):
         rep_loss = float(np.mean(sequence_losses(model, rep, rep_ids, pad_token_id=pad)))
         held_loss = float(np.mean(sequence_losses(model, held, held_ids, pad_token_id=pad)))
         ext = extraction(model, rep, s.prefix_len, s.suffix_len, sequence_ids=rep_ids, pad_token_id=pad)
@@ -111,7 +105,7 @@ def evaluate_scenario2(model, data, mode: str | None, reference_model, s, seed: 
     held = [r.tokens for r in data.heldout]
     held_ids = _ids(held, mode)
     by_repeats = {}
-    with mode_context(model, mode):
+    with memsinks.sinks_mode(model, mode):
         # the held-out records' scores are the same for every group: compute them once
         held_scores = membership_scores(model, held, reference_model, held_ids, tokenizer=tok, pad_token_id=pad)
         held_loss = float(-np.mean(held_scores["loss"]))

@@ -8,7 +8,6 @@ model (memsinks), LoRA adapters, or ``memsinks.make_private`` on the Trainer (DP
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import tempfile
@@ -57,8 +56,7 @@ class LossCurveCallback(TrainerCallback):
     def measure(self, step: int) -> None:
         point = {"step": step}
         for mode in self.modes:
-            ctx = memsinks.sinks_mode(self.model, mode) if mode else contextlib.nullcontext()
-            with ctx:
+            with memsinks.sinks_mode(self.model, mode):
                 for name, (seqs, ids) in self.probe_sets.items():
                     losses = sequence_losses(self.model, seqs, ids if mode == "own" else None, pad_token_id=self.pad)
                     point[f"{name}_{mode or 'plain'}"] = float(np.mean(losses))

@@ -262,7 +262,7 @@ def attribute_blocks(
     has_sinks = memsinks.has_sinks(model)
     if has_sinks and mode == "own" and (member_ids is None or heldout_ids is None):
         raise ValueError("Attribution in sinks mode 'own' needs member_ids and heldout_ids.")
-    ctx = memsinks.sinks_mode(model, mode) if has_sinks else contextlib.nullcontext()
+    ctx = memsinks.sinks_mode(model, mode if has_sinks else None)
     kwargs = dict(prefix_len=prefix_len, suffix_len=suffix_len, batch_size=batch_size, pad_token_id=pad_token_id)
     n = len(blocks_of(model))
     attention: list[Measurement] = []

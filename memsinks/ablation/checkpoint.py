@@ -10,7 +10,6 @@ so the check that the sinks config matches the weights is made in one place.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import tempfile
@@ -19,9 +18,8 @@ import torch
 from torch import nn
 
 from memsinks.config import SINKS_CONFIG_NAME
+from memsinks.save_and_load import checkpoint_weight_files
 
-PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 # Files a tokenizer may be saved as (save_pretrained of slow and fast tokenizers, chat templates).
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
@@ -39,14 +37,7 @@ class CheckpointMismatchError(ValueError):
 
 def weight_format(directory: str) -> str:
     """``"safetensors"`` or ``"pickle"``: the format of the model weights in ``directory``."""
-    if any(os.path.isfile(os.path.join(directory, name)) for name in SAFETENSORS_WEIGHTS):
-        return "safetensors"
-    if any(os.path.isfile(os.path.join(directory, name)) for name in PICKLE_WEIGHTS):
-        return "pickle"
-    raise FileNotFoundError(
-        f"{directory} has no model weights: expected model.safetensors (or a sharded model.safetensors.index.json), "
-        "as written by model.save_pretrained."
-    )
+    return checkpoint_weight_files(directory)[0]
 
 
 def check_checkpoint(directory: str | os.PathLike, trust_pickle: bool = False) -> str:
@@ -106,12 +97,7 @@ def _pickle_to_safetensors(directory: str, out: str) -> None:
     """Read trusted pickle weights with ``weights_only=True`` and write them to ``out`` as safetensors."""
     from safetensors.torch import save_file
 
-    index = os.path.join(directory, "pytorch_model.bin.index.json")
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            paths = [os.path.join(directory, p) for p in sorted(set(json.load(f)["weight_map"].values()))]
-    else:
-        paths = [os.path.join(directory, "pytorch_model.bin")]
+    _, paths = checkpoint_weight_files(directory)
     state: dict[str, torch.Tensor] = {}
     for path in paths:
         part = torch.load(path, map_location="cpu", weights_only=True)

@@ -17,7 +17,6 @@ The measurements are ``memsinks.probes``; this module only chooses what to run t
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -200,8 +199,7 @@ def _collect(settings: list[tuple[str, nn.Module, str | None]], data: ReportData
     """Measure every (column, model, sinks mode or None for a plain model) setting."""
     results = {}
     for column, model, mode in tqdm(settings, desc="report", unit="setting", disable=not progress):
-        ctx: Any = memsinks.sinks_mode(model, mode) if mode is not None else contextlib.nullcontext()
-        with ctx:
+        with memsinks.sinks_mode(model, mode):
             results[column] = _measure_all(model, data, mode is not None, groups, canary_groups)
     return results
 

@@ -24,7 +24,7 @@ import math
 import torch
 from transformers import TrainerCallback
 
-from memsinks.probes._common import unwrap
+from memsinks.unwrap import unwrap_model
 
 logger = logging.getLogger("memsinks")
 
@@ -81,7 +81,7 @@ class MemorizationCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._find_trainer(state)
         if model is not None:
-            self.check_model(unwrap(model))
+            self.check_model(unwrap_model(model))
 
     def check_model(self, model: torch.nn.Module) -> None:
         """Raise early (at train begin) if the probes cannot run on this model."""
@@ -104,7 +104,7 @@ class MemorizationCallback(TrainerCallback):
         self._last_step = state.global_step
         self._find_trainer(state)
         try:
-            raw = self.compute(unwrap(model), state)
+            raw = self.compute(unwrap_model(model), state)
         except FloatingPointError as err:  # a diverged model: say so, and log nothing rather than NaN
             logger.warning("%s skipped step %d: %s", type(self).__name__, state.global_step, err)
             return

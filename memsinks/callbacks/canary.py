@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import numpy as np
@@ -66,8 +65,7 @@ class CanaryCallback(MemorizationCallback):
         """Exposure (bits) and log2 |R| of this rank's share of the canaries."""
         exposures, spaces = [], []
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        in_mode = sinks_mode(model, self.sinks_mode) if self.sinks_mode is not None else contextlib.nullcontext()
-        with in_mode:
+        with sinks_mode(model, self.sinks_mode):
             for i in shard_indices(len(self.canaries)).tolist():
                 c = self.canaries[i]
                 result = canary_exposure(

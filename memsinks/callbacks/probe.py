@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any, Sequence
 
@@ -135,9 +134,7 @@ class ProbeCallback(MemorizationCallback):
             raise ValueError(f"ProbeCallback(sinks_mode={self.sinks_mode!r}) needs a model with sinks.")
 
     def _mode(self, model: torch.nn.Module):
-        if self.sinks_mode is not None and has_sinks(model):
-            return sinks_mode(model, self.sinks_mode)
-        return contextlib.nullcontext()
+        return sinks_mode(model, self.sinks_mode if has_sinks(model) else None)
 
     def _local(self, model: torch.nn.Module) -> dict[str, np.ndarray]:
         """This rank's per-example numbers, keyed ``<probe>/<quantity>``."""

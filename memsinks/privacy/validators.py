@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Mapping
 
@@ -121,7 +120,7 @@ def check_per_unit_gradients(model: nn.Module, clipper: PerUnitClipper, model_in
     params = clipper.params
     was_training = model.training
     model.eval()  # no dropout: the two computations must see the same function
-    context = sinks_mode(model, "own") if has_sinks(model) else contextlib.nullcontext()
+    context = sinks_mode(model, "own" if has_sinks(model) else None)
     saved = {id(p): getattr(p, "summed_grad", None) for p in params}
     try:
         with context:

@@ -1,4 +1,4 @@
-"""Checks and plumbing shared by the probes: unwrapping, devices, padding, sequence IDs, batching."""
+"""Checks and plumbing shared by the probes: devices, padding, sequence IDs, batching."""
 
 from __future__ import annotations
 
@@ -10,23 +10,7 @@ import torch
 from torch import nn
 
 from memsinks.data import content_id
-from memsinks.model import get_router, has_sinks, unwrap_model
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside DDP / peft / torch.compile / Opacus ``GradSampleModule`` wrappers.
-
-    ``memsinks.model.unwrap_model`` knows every wrapper but Opacus', which keeps the model in
-    ``_module``; generation and scoring need the plain model (``generate()``, no per-sample hooks).
-    """
-    seen: set[int] = set()
-    while id(model) not in seen:
-        seen.add(id(model))
-        model = unwrap_model(model)
-        inner = getattr(model, "_module", None)
-        if isinstance(inner, nn.Module) and not hasattr(model, "config"):
-            model = inner
-    return model
+from memsinks.model import get_router, has_sinks
 
 
 def device_of(model: nn.Module) -> torch.device:

@@ -44,8 +44,6 @@ def _load(directory: str, device: str, what: str):
 
 def run_probes(args, echo=print) -> dict:
     """Load, probe, print the table; returns the JSON-ready results."""
-    import contextlib
-
     import torch
     from tqdm.auto import tqdm
 
@@ -81,7 +79,7 @@ def run_probes(args, echo=print) -> dict:
     with_sinks = memsinks.has_sinks(model)
     if args.sinks_mode and not with_sinks:
         raise ValueError(f"--sinks-mode {args.sinks_mode} needs a model with sinks; {args.model_dir} has none.")
-    in_mode = memsinks.sinks_mode(model, args.sinks_mode) if args.sinks_mode else contextlib.nullcontext()
+    in_mode = memsinks.sinks_mode(model, args.sinks_mode)
     pad = resolve_pad_token_id(model, tokenizer.pad_token_id)
     progress = not args.no_progress
     stages = ["extraction"] + (["DSP attack"] if args.attack == "dsp" else []) \

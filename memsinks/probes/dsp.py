@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from memsinks.data import content_id
+from memsinks.unwrap import unwrap_model
 from memsinks.probes._common import (
-    as_token_lists, batch_starts, check_min_length, device_of, resolve_sequence_ids, unwrap,
+    as_token_lists, batch_starts, check_min_length, device_of, resolve_sequence_ids,
 )
 from memsinks.probes.extraction import (
     ExtractionResult, exact_match, extraction, longest_common_ngram, token_accuracy,
@@ -204,7 +205,7 @@ def dsp_extraction(
     if prefix_len > config.max_prefix_len:
         raise ValueError(f"prefix_len {prefix_len} exceeds DSPConfig.max_prefix_len {config.max_prefix_len}.")
 
-    model = unwrap(model)
+    model = unwrap_model(model)
     if not hasattr(model, "get_input_embeddings") or model.get_input_embeddings() is None:
         raise TypeError(f"{type(model).__name__} has no input embeddings; pass a transformers causal LM.")
     device = device_of(model)

@@ -23,9 +23,10 @@ import numpy as np
 from torch import nn
 
 from memsinks.data import content_id
-from memsinks.probes._common import check_finite, sinks_mode_in_force, unwrap
+from memsinks.probes._common import check_finite, sinks_mode_in_force
 from memsinks.probes.likelihood import token_nlls
 from memsinks.probes.skewnormal import SkewNormal
+from memsinks.unwrap import unwrap_model
 
 
 @dataclass
@@ -167,7 +168,7 @@ def canary_exposure(
     text_mode = tokenizer is not None
     suffix = ("" if text_mode else []) if suffix is None else suffix
     slots, secret_index = _slots(secret, candidates, text_mode)
-    model = unwrap(model)
+    model = unwrap_model(model)
 
     if text_mode:
         if not all(isinstance(p, str) for p in (prefix, suffix)):

@@ -13,8 +13,9 @@ from typing import Sequence
 import numpy as np
 from torch import nn
 
-from memsinks.probes._common import as_token_lists, check_min_length, resolve_sequence_ids, unwrap
+from memsinks.probes._common import as_token_lists, check_min_length, resolve_sequence_ids
 from memsinks.probes.generation import generate_continuations
+from memsinks.unwrap import unwrap_model
 
 
 def exact_match(generated: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -135,7 +136,7 @@ def extraction(
         f"Extraction prompts with {prefix_len} tokens and compares the next {suffix_len}; drop the short sequences "
         "or lower prefix_len / suffix_len.",
     )
-    model = unwrap(model)
+    model = unwrap_model(model)
     ids = resolve_sequence_ids(model, sequences, sequence_ids)
     prefixes = [s[:prefix_len] for s in sequences]
     target = np.array([s[prefix_len:prefix_len + suffix_len] for s in sequences], dtype=np.int64)

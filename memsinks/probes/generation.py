@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from memsinks.probes._common import (
-    as_token_lists, batch_starts, device_of, eval_mode, resolve_pad_token_id, resolve_sequence_ids, unwrap,
+    as_token_lists, batch_starts, device_of, eval_mode, resolve_pad_token_id, resolve_sequence_ids,
 )
+from memsinks.unwrap import unwrap_model
 
 
 def _left_padded(chunk: list[list[int]], pad_token_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +120,7 @@ def generate_continuations(
     prefixes = as_token_lists(prefixes, "prefixes")
     if any(len(p) == 0 for p in prefixes):
         raise ValueError("Every prefix needs at least one token to condition on.")
-    model = unwrap(model)
+    model = unwrap_model(model)
     if not hasattr(model, "generate"):
         raise TypeError(f"{type(model).__name__} has no generate(); pass a transformers causal LM.")
     pad = resolve_pad_token_id(model, pad_token_id)
@@ -163,7 +164,7 @@ def generate_from_embeddings(
         raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}.")
     if positions is not None and [len(p) for p in positions] != [r.shape[0] for r in rows]:
         raise ValueError("positions must give one position ID per vector of each row.")
-    model = unwrap(model)
+    model = unwrap_model(model)
     device = device_of(model)
     config = _generation_config(max_new_tokens, resolve_pad_token_id(model, None), 0, 0)
     embeds, mask, pos = _left_padded_rows(list(rows), None if positions is None else list(positions), device)
@@ -192,7 +193,7 @@ def greedy_continuations_uncached(
     Returns int64 (N, max_new_tokens). Slow by design; it defines what the batched path computes.
     """
     prefixes = as_token_lists(prefixes, "prefixes")
-    model = unwrap(model)
+    model = unwrap_model(model)
     ids = resolve_sequence_ids(model, prefixes, sequence_ids)
     device = device_of(model)
     out = np.zeros((len(prefixes), max_new_tokens), dtype=np.int64)

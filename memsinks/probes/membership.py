@@ -22,10 +22,11 @@ import numpy as np
 from torch import nn
 
 from memsinks.probes._common import (
-    as_token_lists, check_finite, check_same_vocabulary, resolve_sequence_ids, unwrap,
+    as_token_lists, check_finite, check_same_vocabulary, resolve_sequence_ids,
 )
 from memsinks.probes.likelihood import token_nlls
 from memsinks.probes.roc import roc_auc, tpr_at_fpr
+from memsinks.unwrap import unwrap_model
 
 SCORE_NAMES = ("loss", "zlib", "minkprob", "reference")
 
@@ -60,7 +61,7 @@ def membership_scores(
     if not 0.0 < minkprob_k <= 1.0:
         raise ValueError(f"minkprob_k must be in (0, 1]; got {minkprob_k}.")
     sequences = as_token_lists(sequences, "sequences")
-    model = unwrap(model)
+    model = unwrap_model(model)
     ids = resolve_sequence_ids(model, sequences, sequence_ids)
     nlls = token_nlls(model, sequences, ids, batch_size=batch_size, pad_token_id=pad_token_id, progress=progress)
     mean_nll = np.array([x.mean() for x in nlls])
@@ -70,7 +71,7 @@ def membership_scores(
         "minkprob": np.array([_min_k_mean_logprob(x, minkprob_k) for x in nlls]),
     }
     if reference_model is not None:
-        reference_model = unwrap(reference_model)
+        reference_model = unwrap_model(reference_model)
         check_same_vocabulary(model, reference_model)
         ref_ids = resolve_sequence_ids(reference_model, sequences, sequence_ids)
         ref = token_nlls(reference_model, sequences, ref_ids, batch_size=batch_size, pad_token_id=pad_token_id,

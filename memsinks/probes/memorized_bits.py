@@ -21,9 +21,10 @@ import numpy as np
 from torch import nn
 
 from memsinks.probes._common import (
-    as_token_lists, check_finite, check_min_length, check_same_vocabulary, resolve_sequence_ids, unwrap,
+    as_token_lists, check_finite, check_min_length, check_same_vocabulary, resolve_sequence_ids,
 )
 from memsinks.probes.likelihood import token_nlls
+from memsinks.unwrap import unwrap_model
 
 
 @dataclass
@@ -87,7 +88,7 @@ def memorized_bits(
     """
     sequences = as_token_lists(sequences, "sequences")
     check_min_length(sequences, 2, "sequences", "A sequence's first token is context; give at least 2 tokens.")
-    model = unwrap(model)
+    model = unwrap_model(model)
     ids = resolve_sequence_ids(model, sequences, sequence_ids)
     nlls = token_nlls(model, sequences, ids, batch_size=batch_size, pad_token_id=pad_token_id, progress=progress)
     model_bits = np.array([x.sum() for x in nlls]) / math.log(2)
@@ -96,7 +97,7 @@ def memorized_bits(
         reference_bits = np.array([(len(s) - 1) * math.log2(_vocab_size(model)) for s in sequences])
     else:
         reference = "model"
-        reference_model = unwrap(reference_model)
+        reference_model = unwrap_model(reference_model)
         check_same_vocabulary(model, reference_model)
         ref_ids = resolve_sequence_ids(reference_model, sequences, sequence_ids)
         ref = token_nlls(reference_model, sequences, ref_ids, batch_size=batch_size, pad_token_id=pad_token_id,

@@ -21,9 +21,10 @@ from torch import nn
 
 from memsinks.data import content_id
 from memsinks.model import has_sinks, sinks_mode
-from memsinks.probes._common import as_token_lists, check_finite, check_min_length, unwrap
+from memsinks.probes._common import as_token_lists, check_finite, check_min_length
 from memsinks.probes.extraction import extraction as run_extraction
 from memsinks.probes.likelihood import sequence_losses
+from memsinks.unwrap import unwrap_model
 
 _MEMBER_KEYS = ("member_loss_own", "member_loss_drop")
 _HELDOUT_KEYS = ("heldout_loss_own", "heldout_loss_drop")
@@ -120,7 +121,7 @@ def sink_gap(
         heldout_ids: default ``memsinks.content_id`` of each held-out sequence.
         extraction: also extract members (``prefix_len`` + ``suffix_len``) in both modes.
     """
-    model = unwrap(model)
+    model = unwrap_model(model)
     if not has_sinks(model):
         raise ValueError("The sink gap compares sinks on and dropped; this model has no sinks (memsinks.add_sinks).")
     members = as_token_lists(members, "members")

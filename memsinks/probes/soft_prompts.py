@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from memsinks.probes._common import as_token_lists, device_of, unwrap
+from memsinks.unwrap import unwrap_model
+from memsinks.probes._common import as_token_lists, device_of
 from memsinks.probes.generation import generate_from_embeddings
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ def greedy_with_prompt(
     """
     if prompt_positions not in PROMPT_POSITIONS:
         raise ValueError(f"prompt_positions must be one of {PROMPT_POSITIONS}; got {prompt_positions!r}.")
-    model = unwrap(model)
+    model = unwrap_model(model)
     device = device_of(model)
     prefixes = as_token_lists(prefixes, "prefixes")
     N, m, _ = prompts.shape

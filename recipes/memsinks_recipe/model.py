@@ -104,10 +104,10 @@ def _pretrained_model(r: Recipe, dtype):
 
 def _weight_files(directory: str) -> list[str]:
     """The directory's safetensors weight files (one, or the shards of an index); none if it has none."""
-    from memsinks.model import _checkpoint_files
+    from memsinks.save_and_load import safetensors_files
 
     try:
-        return _checkpoint_files(directory)
+        return safetensors_files(directory)
     except FileNotFoundError:
         return []
 

@@ -1,0 +1,87 @@
+"""The instance ``forward`` of a model with sinks: it takes ``sequence_ids`` and routes by them.
+
+``add_sinks`` replaces the instance's ``forward`` (the class keeps its own) with
+``ForwardWithSequenceIds``, whose signature is the class forward's plus ``sequence_ids``; the
+stock Trainer's ``remove_unused_columns`` and ``generate()``'s kwargs check read that signature,
+so the IDs survive the column filter and reach every generation step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+from torch import nn
+
+from memsinks.ids import normalize_sequence_ids
+from memsinks.layers import SinkDownProjection, sink_parameters
+from memsinks.projection import linear_weight
+from memsinks.routing import SinkRouter
+
+logger = logging.getLogger("memsinks")
+
+
+class ForwardWithSequenceIds:
+    """Routes a batch by its ``sequence_ids`` (via ``router.begin``), then runs the stock forward.
+
+    ``reference`` is a sink layer whose weight gives the masks' dtype and device.
+    """
+
+    def __init__(self, model: nn.Module, router: SinkRouter, reference: SinkDownProjection):
+        self.model = model
+        self.router = router
+        self.reference = reference
+        self.checked_trainable = False
+        self.class_forward = type(model).forward
+        sig = inspect.signature(self.class_forward)
+        params = [p for name, p in sig.parameters.items() if name != "self"]
+        extra = inspect.Parameter("sequence_ids", inspect.Parameter.KEYWORD_ONLY, default=None)
+        at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+        params.insert(at, extra)
+        self.__signature__ = sig.replace(parameters=params)
+
+    def __call__(self, *args: Any, sequence_ids: Any = None, **kwargs: Any):
+        model = self.model
+        router = self.router
+        mode, exclude = router.resolve_mode(model.training)
+        ids = None
+        if sequence_ids is not None:
+            ids = normalize_sequence_ids(sequence_ids, _input_shape(args, kwargs))
+        if mode == "own" and ids is None:
+            if model.training:
+                raise ValueError(
+                    "This model has memorization sinks and is training, but the batch has no `sequence_ids`: "
+                    "training without routing would silently train every sink on every sequence. Give each "
+                    "example an ID (memsinks.assign_sequence_ids) and batch with memsinks.SinksDataCollator, or "
+                    "pass model(..., sequence_ids=ids). To train with sinks off on purpose, use "
+                    "`with memsinks.sinks_mode(model, 'drop'):`."
+                )
+            raise ValueError(
+                "Sinks mode 'own' needs `sequence_ids` (LongTensor of shape (B,) or (B, T)); pass them to the "
+                "forward or to generate(), or use mode 'drop' / 'mean'."
+            )
+        if model.training and not self.checked_trainable:
+            self.checked_trainable = True
+            _warn_if_sinks_frozen(model)
+        weight = linear_weight(self.reference.base)
+        router.begin(ids, mode, exclude, weight.dtype, weight.device)
+        return self.class_forward(model, *args, **kwargs)
+
+
+def _input_shape(args: tuple, kwargs: dict) -> tuple[int, ...] | None:
+    x = kwargs.get("input_ids", args[0] if args else None)
+    if x is None:
+        x = kwargs.get("inputs_embeds")
+        return tuple(x.shape[:2]) if x is not None else None
+    return tuple(x.shape)
+
+
+def _warn_if_sinks_frozen(model: nn.Module) -> None:
+    params = sink_parameters(model)
+    if params and not any(p.requires_grad for p in params.values()):
+        logger.warning(
+            "Training a model whose sink units are all frozen: the sinks cannot absorb memorization. With peft, "
+            "call memsinks.add_sinks on the peft model (after get_peft_model), so the appended sink units stay "
+            "trainable next to the LoRA adapters."
+        )

@@ -1,0 +1,108 @@
+"""The sink wrappers: their forward, their stock state-dict layout, and unloading each one to a plain projection."""
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+import memsinks
+from memsinks.layers import (
+    DOWN_PROJECTIONS, AppendSinkDownProjection, SinkDownProjection, SinkUpProjection, SplitSinkDownProjection,
+)
+from memsinks.model import get_router
+from tests.conftest import tiny_model
+
+
+def _model_with_sinks(family, placement):
+    cfg = memsinks.SinksConfig(placement=placement, n_sink_units=16 if placement == "append" else None, p_gen=0.75)
+    model = memsinks.add_sinks(tiny_model(family), cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    return model.eval()
+
+
+def _down(model):
+    return next(m for m in model.modules() if isinstance(m, SinkDownProjection))
+
+
+def test_each_placement_is_a_down_projection_variant_with_the_attributes_the_privacy_hooks_read():
+    assert DOWN_PROJECTIONS == {"split": SplitSinkDownProjection, "append": AppendSinkDownProjection}
+    for placement, cls in DOWN_PROJECTIONS.items():
+        model = _model_with_sinks("llama", placement)
+        down = _down(model)
+        assert type(down) is cls and issubclass(cls, SinkDownProjection)
+        assert down.placement == placement and down.router is get_router(model)
+        assert isinstance(down.base, nn.Linear) and down.layer == 0 and down.pool == get_router(model).specs[0].pool
+    up = model.model.layers[0].mlp.up_proj
+    assert isinstance(up, SinkUpProjection) and up.pool == 16 and up.sink_weight.shape == (16, 32)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("placement", ["split", "append"])
+@pytest.mark.parametrize("mode", ["drop", "mean", "exclude"])
+def test_unload_reproduces_the_wrapper_in_a_constant_mode(family, placement, mode):
+    model = _model_with_sinks(family, placement)
+    router = get_router(model)
+    down = _down(model)
+    exclude = (5, 6) if mode == "exclude" else ()
+    factor = router.constant_pool(mode, exclude)[:down.pool]
+    width = down.unloaded_width(False)
+    h = torch.randn(2, 3, width, generator=torch.Generator().manual_seed(0))
+    router.begin(None, mode, exclude, torch.float32, torch.device("cpu"))
+    with torch.no_grad():
+        expected = down(h)
+        plain = down.unload(factor, prune=False)
+        assert type(plain) in (nn.Linear, Conv1D)
+        assert torch.allclose(plain(h), expected, atol=1e-6)
+        if mode == "drop":
+            pruned = down.unload(factor, prune=True)
+            kept = down.unloaded_width(True)
+            assert kept == width - down.pool and type(pruned) in (nn.Linear, Conv1D)
+            assert torch.allclose(pruned(h[..., :kept]), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("placement", ["split", "append"])
+def test_unloading_the_up_projections_keeps_or_drops_exactly_the_pool_rows(placement):
+    model = _model_with_sinks("gpt2", placement)
+    mlp = model.transformer.h[0].mlp
+    down = mlp.c_proj
+    x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = mlp.c_fc(x)
+        kept = down.unload_up(mlp.c_fc, prune=False)
+        pruned = down.unload_up(mlp.c_fc, prune=True)
+        assert type(kept) is Conv1D and type(pruned) is Conv1D
+        assert torch.allclose(kept(x), full, atol=1e-6)  # append: base and pool rows now in one matmul
+        assert torch.equal(pruned(x), full[..., :down.unloaded_width(True)])
+    assert (kept is mlp.c_fc) == (placement == "split")  # split leaves the up projection alone unless pruning
+
+
+def test_pruning_refuses_a_factor_that_is_not_zero():
+    down = _down(_model_with_sinks("llama", "split"))
+    with pytest.raises(ValueError, match="mode 'drop'"):
+        down.unload(torch.full((down.pool,), 0.3), prune=True)
+
+
+@pytest.mark.parametrize("placement", ["split", "append"])
+def test_state_dict_is_the_stock_layout_and_loads_back(placement):
+    model = _model_with_sinks("gpt2", placement)
+    state = model.state_dict()
+    assert not any(".base." in k or "sink_" in k for k in state)
+    width = 64 + (16 if placement == "append" else 0)
+    assert state["transformer.h.0.mlp.c_fc.weight"].shape == (32, width)
+    assert state["transformer.h.0.mlp.c_proj.weight"].shape == (width, 32)
+    fresh = memsinks.add_sinks(tiny_model("gpt2", seed=5), memsinks.SinksConfig(
+        placement=placement, n_sink_units=16 if placement == "append" else None, p_gen=0.75))
+    fresh.load_state_dict(state)
+    for (name, a), (_, b) in zip(model.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_a_checkpoint_of_another_width_is_refused_by_name():
+    model = _model_with_sinks("llama", "append")
+    state = model.state_dict()
+    key = "model.layers.0.mlp.down_proj.weight"
+    state[key] = state[key][:, :-1]
+    with pytest.raises(RuntimeError, match="down_proj.weight: the checkpoint's MLP has 79 units where this model"):
+        model.load_state_dict(state)
