@@ -7,7 +7,9 @@ safetensors, and that ``memsinks.from_pretrained`` reads back to rebuild identic
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from memsinks._saved_config import SavedConfig
 from memsinks.ids import MAX_SEQUENCE_ID, validate_sequence_id
@@ -16,6 +18,16 @@ SINKS_CONFIG_NAME = "sinks_config.json"
 PLACEMENTS = ("split", "append")
 EVAL_MODES = ("drop", "mean", "own", "exclude")
 HASH_SCHEMES = ("splitmix64-v1",)
+SINK_INITS = ("mirror", "zero", "random")
+
+#: What a placement does when a training-dynamics field is left unset (None): the settings measured best
+#: (benchmarks/finetune_isolation.py for append; the paper's setup for split).
+PLACEMENT_DEFAULTS = {
+    "append": {"sink_lr_scale": 32.0, "sink_init": "mirror", "centered_masks": True, "sink_warmup_steps": 8},
+    "split": {"sink_lr_scale": 1.0, "sink_init": None, "centered_masks": False, "sink_warmup_steps": 0},
+}
+#: What a sinks_config.json written before these fields existed meant (the behaviour of that version).
+LEGACY_VALUES = {"sink_lr_scale": 1.0, "sink_init": "zero", "centered_masks": False, "sink_warmup_steps": 0}
 
 
 @dataclass
@@ -61,6 +73,31 @@ class SinksConfig(SavedConfig):
         "architecture.")})
     model_type: str | None = field(default=None, metadata={"help": (
         "The transformers model_type the sinks were attached to (filled in by add_sinks).")})
+    sink_lr_scale: float | None = field(default=None, metadata={"help": (
+        "Learning-rate multiplier of the sink parameters under Adam-type optimizers: the sinks are stored "
+        "divided by it and multiplied back in the forward, so each optimizer step moves them this many times "
+        "further (under plain SGD, its square). A power of two, so that saving and loading are exact. Unset: 32 "
+        "for 'append' (a pretrained model's shared units memorize within a few steps; the sinks must learn "
+        "faster to take the memorization), 1 for 'split'. The sinks' effective learning rate is the "
+        "optimizer's times this; keep it below about 1e-2.")})
+    sink_init: str | None = field(default=None, metadata={"help": (
+        "How appended units start ('append' only). 'mirror' (the default): units come in pairs with equal up "
+        "rows, opposite down columns and one routing bit, so their outputs cancel exactly and the model's "
+        "function is unchanged, while every unit gets a gradient from the first step. 'zero': random up rows, "
+        "zero down columns (exact, but the up rows get no gradient until the down columns have moved). "
+        "'random': random down columns (not function-preserving).")})
+    centered_masks: bool | None = field(default=None, metadata={"help": (
+        "Route with zero-mean coefficients: a sequence's own sink units get 1 - p_mem and the rest of the pool "
+        "-p_mem, instead of 1 and 0. What is common to all sequences then cancels across the pool, so the "
+        "sinks hold only what is specific to a sequence (a repeated record's secrets) and the shared units "
+        "keep the task; 'mean' mode equals 'drop'. Unset: on for 'append', off for 'split' (the paper's "
+        "routing).")})
+    sink_warmup_steps: int | None = field(default=None, metadata={"help": (
+        "Training forward passes at the start of training in which only the sinks learn (every other "
+        "trainable parameter's gradient is zeroed), so that content seen then is taken by the sinks before "
+        "the shared units start learning. Counted in forward passes in training mode (optimizer steps times "
+        "gradient accumulation steps), saved with the model so that a resumed run does not repeat it. "
+        "Unset: 8 for 'append', 0 for 'split'.")})
 
     def __post_init__(self) -> None:
         for name in ("p_gen", "p_mem"):
@@ -105,6 +142,51 @@ class SinksConfig(SavedConfig):
             )
         if not isinstance(self.mask_cache_size, int) or self.mask_cache_size < 0:
             raise ValueError(f"SinksConfig.mask_cache_size must be an int >= 0; got {self.mask_cache_size!r}.")
+        self._resolve_training_fields()
+
+    def _resolve_training_fields(self) -> None:
+        """Fill the unset training-dynamics fields with the placement's defaults and check them."""
+        for name, value in PLACEMENT_DEFAULTS[self.placement].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        scale = self.sink_lr_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0 or not math.isfinite(scale) \
+                or math.frexp(scale)[0] != 0.5:
+            near = 2.0 ** round(math.log2(scale)) if isinstance(scale, (int, float)) and scale > 0 else 32
+            raise ValueError(
+                f"SinksConfig.sink_lr_scale must be a positive power of two (so the stored sinks times the scale "
+                f"are the weights exactly); got {scale!r}. Use {near:g}.")
+        self.sink_lr_scale = float(scale)
+        if self.placement == "split":
+            if self.sink_lr_scale != 1.0:
+                raise ValueError("sink_lr_scale applies to placement='append' (the appended units are separate "
+                                 "parameters); with 'split' leave it unset or 1.")
+            if self.sink_init is not None:
+                raise ValueError("sink_init applies to placement='append'; 'split' sinks are the model's own units.")
+        else:
+            if self.sink_init not in SINK_INITS:
+                raise ValueError(f"SinksConfig.sink_init must be one of {SINK_INITS}; got {self.sink_init!r}.")
+            if self.sink_init == "mirror" and self.n_sink_units % 2:
+                raise ValueError(f"sink_init='mirror' makes units in pairs, so n_sink_units must be even; got "
+                                 f"{self.n_sink_units}. Use {self.n_sink_units + 1}.")
+        if not isinstance(self.centered_masks, bool):
+            raise ValueError(f"SinksConfig.centered_masks must be True or False; got {self.centered_masks!r}.")
+        steps = self.sink_warmup_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"SinksConfig.sink_warmup_steps must be an int >= 0; got {steps!r}.")
+
+    @property
+    def paired_units(self) -> bool:
+        """Whether appended units come in mirrored pairs that share one routing bit (unit u and u + pool/2)."""
+        return self.placement == "append" and self.sink_init == "mirror"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """A saved config; fields a file written before they existed lacks take the values of that version."""
+        legacy = dict(LEGACY_VALUES)
+        if data.get("placement", "split") == "split":
+            legacy["sink_init"] = None
+        return super().from_dict({**{k: v for k, v in legacy.items() if k not in data}, **data})
 
     def pool_size(self, intermediate_size: int) -> int:
         """Number of sink units in an MLP whose original width is ``intermediate_size``."""

@@ -86,34 +86,58 @@ class SinkUpProjection(_StockLayout):
     """An up (or gate) projection widened by ``pool`` appended units.
 
     ``forward(x)`` returns (..., out + pool): the base projection's units, then the pool's.
-    The pool's rows start as random as the base rows (same standard deviation).
+    The pool's rows start as random as the base rows (same standard deviation); with
+    ``paired`` the second half of the rows equals the first (mirrored pairs, see
+    ``AppendSinkDownProjection``) and each half is projected by its own matmul, so the two
+    halves' outputs stay bit-identical until training moves them apart.
+
+    The pool's parameters are stored divided by ``scale`` (a power of two) and multiplied back
+    in the forward, so that Adam moves the effective weights ``scale`` times faster;
+    ``state_dict`` and ``unload`` give the effective weights.
     """
 
-    def __init__(self, base: nn.Module, pool: int, generator: torch.Generator):
+    def __init__(self, base: nn.Module, pool: int, generator: torch.Generator, scale: float = 1.0,
+                 paired: bool = False):
         super().__init__()
         self.base = base
         in_features, _ = in_out(base)
         w = linear_weight(base)
         std = float(w.detach().float().std()) or 0.02
-        init = torch.randn(pool, in_features, generator=generator) * std
-        self.sink_weight = nn.Parameter(init.to(device=w.device, dtype=w.dtype))
+        rows = pool // 2 if paired else pool
+        init = torch.randn(rows, in_features, generator=generator) * std
+        if paired:
+            init = torch.cat([init, init])
+        self.sink_weight = nn.Parameter((init / scale).to(device=w.device, dtype=w.dtype))
         self.sink_bias = (
             nn.Parameter(torch.zeros(pool, device=w.device, dtype=w.dtype)) if has_bias(base) else None
         )
         self.pool = pool
+        self.scale = float(scale)
+        self.paired = paired
+
+    def effective(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        """A stored pool tensor as the weight it stands for (times ``scale``)."""
+        if tensor is None or self.scale == 1.0:
+            return tensor
+        return tensor * self.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in) -> (..., out + pool)."""
         base_out = project(self.base, x)
-        sink_out = F.linear(x, self.sink_weight, self.sink_bias)
-        return torch.cat([base_out, sink_out], dim=-1)
+        w, b = self.effective(self.sink_weight), self.effective(self.sink_bias)
+        if not self.paired:
+            return torch.cat([base_out, F.linear(x, w, b)], dim=-1)
+        half = self.pool // 2
+        halves = [F.linear(x, w[i * half:(i + 1) * half], None if b is None else b[i * half:(i + 1) * half])
+                  for i in (0, 1)]
+        return torch.cat([base_out] + halves, dim=-1)
 
     def _merge(self, state: dict, prefix: str) -> None:
         conv = isinstance(self.base, Conv1D)
-        w = state.pop(prefix + "sink_weight")
+        w = self.effective(state.pop(prefix + "sink_weight"))
         state[prefix + "weight"] = torch.cat([state[prefix + "weight"], w.t() if conv else w], dim=1 if conv else 0)
         if prefix + "sink_bias" in state:
-            state[prefix + "bias"] = torch.cat([state[prefix + "bias"], state.pop(prefix + "sink_bias")])
+            state[prefix + "bias"] = torch.cat([state[prefix + "bias"], self.effective(state.pop(prefix + "sink_bias"))])
 
     def _split(self, state: dict, prefix: str) -> None:
         conv = isinstance(self.base, Conv1D)
@@ -126,18 +150,21 @@ class SinkUpProjection(_StockLayout):
         _check_width(key, w.shape[out_dim], linear_weight(self.base).shape[0] + n)
         base_w, sink_w = w.narrow(out_dim, 0, w.shape[out_dim] - n), w.narrow(out_dim, w.shape[out_dim] - n, n)
         state[key] = base_w
-        state[prefix + "sink_weight"] = sink_w.t() if conv else sink_w
+        state[prefix + "sink_weight"] = (sink_w.t() if conv else sink_w) / self.scale
         if self.sink_bias is not None and prefix + "bias" in state:
             b = state[prefix + "bias"]
-            state[prefix + "bias"], state[prefix + "sink_bias"] = b[:-n], b[-n:]
+            state[prefix + "bias"], state[prefix + "sink_bias"] = b[:-n], b[-n:] / self.scale
 
     def unload(self, prune: bool) -> nn.Module:
         """The plain projection: ``base`` itself when pruning, else base and pool rows in one widened module."""
         if prune:
             return self.base
-        w = torch.cat([linear_weight(self.base).detach(), self.sink_weight.detach()])
-        b = None if self.sink_bias is None else torch.cat([self.base.bias.detach(), self.sink_bias.detach()])
+        w = torch.cat([linear_weight(self.base).detach(), self.effective(self.sink_weight.detach())])
+        b = None if self.sink_bias is None else torch.cat([self.base.bias.detach(), self.effective(self.sink_bias.detach())])
         return new_projection(self.base, w, b)
+
+    def extra_repr(self) -> str:
+        return f"pool={self.pool}, scale={self.scale:g}, paired={self.paired}"
 
 
 class SinkDownProjection(_StockLayout):
@@ -240,16 +267,41 @@ class SplitSinkDownProjection(SinkDownProjection):
 
 
 class AppendSinkDownProjection(SinkDownProjection):
-    """``append`` placement: ``base`` spans the original units; ``sink_weight`` (out, pool), zero at
-    creation, projects the appended pool (whose up rows live in the ``SinkUpProjection``s)."""
+    """``append`` placement: ``base`` spans the original units; ``sink_weight`` (out, pool) projects the
+    appended pool (whose up rows live in the ``SinkUpProjection``s).
+
+    The pool's down columns start so that the model's function is unchanged (``init``):
+
+    - ``"mirror"``: random columns ``c`` for the first half of the pool and ``-c`` for the
+      second; the halves' up rows are equal and each pair shares one routing coefficient, so
+      their outputs cancel exactly (each half goes through its own matmul), while every unit
+      has a non-zero down column and so a gradient from the first step;
+    - ``"zero"``: zero columns (the up rows get no gradient until the columns have moved);
+    - ``"random"``: random columns (not function-preserving).
+
+    Stored divided by ``scale`` like the up rows.
+    """
 
     placement = "append"
 
-    def __init__(self, base: nn.Module, router: SinkRouter, layer: int, pool: int):
+    def __init__(self, base: nn.Module, router: SinkRouter, layer: int, pool: int, scale: float = 1.0,
+                 init: str = "zero", generator: torch.Generator | None = None):
         super().__init__(base, router, layer, pool)
         _, out_features = in_out(base)
         w = linear_weight(base)
-        self.sink_weight = nn.Parameter(torch.zeros(out_features, pool, device=w.device, dtype=w.dtype))
+        std = float(w.detach().float().std()) or 0.02
+        if init == "zero":
+            columns = torch.zeros(out_features, pool)
+        elif init == "mirror":
+            half = torch.randn(out_features, pool // 2, generator=generator) * std
+            columns = torch.cat([half, -half], dim=1)
+        elif init == "random":
+            columns = torch.randn(out_features, pool, generator=generator) * std
+        else:
+            raise ValueError(f"Unknown sink_init {init!r}.")
+        self.sink_weight = nn.Parameter((columns / scale).to(device=w.device, dtype=w.dtype))
+        self.scale = float(scale)
+        self.paired = init == "mirror"
 
     @staticmethod
     def mask_width(width: int, pool: int) -> int:
@@ -258,11 +310,19 @@ class AppendSinkDownProjection(SinkDownProjection):
     @classmethod
     def attach(cls, mlp: nn.Module, up: Sequence[str], down: str, router: SinkRouter, layer: int,
                pool: int) -> "SinkDownProjection":
-        # the appended rows' initial values depend only on the routing seed and the block
-        generator = torch.Generator().manual_seed((router.config.routing_seed * 1000003 + layer) % (1 << 63))
+        config = router.config
+        # the appended units' initial values depend only on the routing seed and the block
+        generator = torch.Generator().manual_seed((config.routing_seed * 1000003 + layer) % (1 << 63))
+        paired = config.paired_units
         for name in up:
-            setattr(mlp, name, SinkUpProjection(getattr(mlp, name), pool, generator))
-        return super().attach(mlp, up, down, router, layer, pool)
+            setattr(mlp, name, SinkUpProjection(getattr(mlp, name), pool, generator, config.sink_lr_scale, paired))
+        wrapper = cls(getattr(mlp, down), router, layer, pool, config.sink_lr_scale, config.sink_init, generator)
+        setattr(mlp, down, wrapper)
+        return wrapper
+
+    def effective_weight(self) -> torch.Tensor:
+        """The pool's down columns (out, pool) as weights (stored times ``scale``)."""
+        return self.sink_weight if self.scale == 1.0 else self.sink_weight * self.scale
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: (B, T, units + pool) hidden activations -> (B, T, hidden)."""
@@ -271,11 +331,18 @@ class AppendSinkDownProjection(SinkDownProjection):
         out = project(self.base, h[..., :n_base])
         if mask is None:
             return out
-        return out + F.linear(h[..., n_base:] * mask, self.sink_weight)
+        pool = h[..., n_base:] * mask
+        w = self.effective_weight()
+        if not self.paired:
+            return out + F.linear(pool, w)
+        half = self.pool // 2
+        return out + (F.linear(pool[..., :half], w[:, :half]) + F.linear(pool[..., half:], w[:, half:]))
 
     def _merge(self, state: dict, prefix: str) -> None:
         conv = isinstance(self.base, Conv1D)
         w = state.pop(prefix + "sink_weight")
+        if self.scale != 1.0:
+            w = w * self.scale
         state[prefix + "weight"] = torch.cat([state[prefix + "weight"], w.t() if conv else w], dim=0 if conv else 1)
 
     def _split(self, state: dict, prefix: str) -> None:
@@ -289,7 +356,7 @@ class AppendSinkDownProjection(SinkDownProjection):
         _check_width(key, w.shape[in_dim], linear_weight(self.base).shape[1] + n)
         state[key] = w.narrow(in_dim, 0, w.shape[in_dim] - n)
         sink = w.narrow(in_dim, w.shape[in_dim] - n, n)
-        state[prefix + "sink_weight"] = sink.t() if conv else sink
+        state[prefix + "sink_weight"] = (sink.t() if conv else sink) / self.scale
 
     def unload(self, factor: torch.Tensor, prune: bool) -> nn.Module:
         self._check_prune(factor, prune)
@@ -297,7 +364,7 @@ class AppendSinkDownProjection(SinkDownProjection):
             return self.base
         w = linear_weight(self.base).detach()
         bias = self.base.bias.detach() if has_bias(self.base) else None
-        sink = self.sink_weight.detach() * factor.to(w)
+        sink = self.effective_weight().detach() * factor.to(w)
         return new_projection(self.base, torch.cat([w, sink], dim=1), bias)
 
     def unload_up(self, up: nn.Module, prune: bool) -> nn.Module:
@@ -307,6 +374,9 @@ class AppendSinkDownProjection(SinkDownProjection):
 
     def unloaded_width(self, prune: bool) -> int:
         return in_out(self.base)[0] + (0 if prune else self.pool)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", scale={self.scale:g}, paired={self.paired}"
 
 
 DOWN_PROJECTIONS: dict[str, type[SinkDownProjection]] = {
@@ -321,4 +391,15 @@ def sink_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
         if isinstance(module, (SinkUpProjection, SinkDownProjection)):
             for pname, p in module.named_parameters():
                 out[f"{name}.{pname}"] = p
+    return out
+
+
+def sink_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The sink wrappers' own persistent buffers (the warm-up's progress), which a checkpoint must carry."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (SinkUpProjection, SinkDownProjection)):
+            for bname, b in module.named_buffers(recurse=False):
+                if bname not in module._non_persistent_buffers_set:
+                    out[f"{name}.{bname}"] = b
     return out

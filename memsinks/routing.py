@@ -5,6 +5,12 @@ A sink unit ``u`` of block ``l`` is on for sequence ID ``i`` when a 64-bit hash 
 chain of splitmix64 finalisers, so masks of neighbouring IDs are statistically independent (a
 hash linear in the ID, as in the paper's reference code, would correlate them), and it uses
 only integer arithmetic, so every device and process computes the same bits.
+
+Two settings of ``SinksConfig`` change what a bit means. Mirrored appended units
+(``sink_init="mirror"``) come in pairs, unit ``u`` and ``u + pool/2``, that share the bit of
+unit ``u`` (``routed_unit``), so a pair is always on or off together. Centered masks
+(``centered_masks``) turn a bit into a zero-mean coefficient: ``1 - p_mem`` when on, ``-p_mem``
+when off; the constant modes are then all zero.
 """
 
 from __future__ import annotations
@@ -129,10 +135,16 @@ class SinkRouter:
         self.mode_stack = state["mode_stack"]
 
     # ----------------------------------------------------------------- hashing
+    def routed_unit(self, spec: LayerSpec, unit: int) -> int:
+        """The unit whose routing bit ``unit`` uses: itself, or for mirrored pairs the first of its pair."""
+        if self.config.paired_units:
+            return unit % (spec.pool // 2)
+        return unit
+
     def _unit_keys(self, device: torch.device) -> torch.Tensor:
         key = ("unit_keys", device)
         if key not in self._device_tensors:
-            keys = [unit_key(s.layer, u) for s in self.specs for u in range(s.pool)]
+            keys = [unit_key(s.layer, self.routed_unit(s, u)) for s in self.specs for u in range(s.pool)]
             self._device_tensors[key] = torch.tensor(keys, dtype=torch.int64, device=device)
         return self._device_tensors[key]
 
@@ -226,16 +238,19 @@ class SinkRouter:
         if mode == "own" or (mode == "exclude" and sequence_ids is not None):
             ids = sequence_ids.to(device)
             uniq, inverse = torch.unique(ids, return_inverse=True)
-            pool = self.pool_bits(uniq.tolist(), device)
+            bits = self.pool_bits(uniq.tolist(), device)
+            pool = bits.to(dtype)
+            if self.config.centered_masks:
+                pool = pool - self.config.p_mem
             if mode == "exclude":
-                pool = pool & ~self._excluded_units(exclude_ids, device)
-            rows = self._pool_to_width(pool).to(dtype)
+                pool = pool.masked_fill(self._excluded_units(exclude_ids, device), 0)
+            rows = self._pool_to_width(pool)
             self._current = ["rows", rows, inverse]
             if inverse.dim() == 1:
                 self._current = ["batch", rows[inverse]]
             return
         pool = self.constant_pool(mode, exclude_ids, dtype, device)
-        self._current = ["const", self._pool_to_width(pool), mode == "drop"]
+        self._current = ["const", self._pool_to_width(pool), not bool(pool.any())]
 
     def constant_pool(
         self,
@@ -247,8 +262,11 @@ class SinkRouter:
         """The factor of each pool unit (all layers concatenated, (total_pool,)) in a mode that needs no IDs.
 
         ``"drop"``: 0; ``"mean"``: ``p_mem``; ``"exclude"``: 0 for the units of ``exclude_ids``, ``p_mem`` elsewhere.
+        With centered masks a unit's expected coefficient is 0, so every constant mode is ``"drop"``.
         """
-        if mode == "drop":
+        if mode not in ("drop", "mean", "exclude"):
+            raise ValueError(f"Unknown sinks mode {mode!r}; use one of 'drop', 'mean', 'own', 'exclude'.")
+        if mode == "drop" or self.config.centered_masks:
             return torch.zeros(self.total_pool, dtype=dtype, device=device)
         if mode == "mean":
             return torch.full((self.total_pool,), self.config.p_mem, dtype=dtype, device=device)

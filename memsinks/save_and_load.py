@@ -21,7 +21,7 @@ from torch import nn
 
 from memsinks.architectures import layout_for, set_width
 from memsinks.config import SinksConfig
-from memsinks.layers import sink_parameters
+from memsinks.layers import sink_buffers, sink_parameters
 from memsinks.routing import SinkRouter
 from memsinks.unwrap import unwrap_model
 
@@ -106,6 +106,7 @@ class PeftSaveWithSinks:
         if kwargs.get("is_main_process", True):
             inner = unwrap_model(self.peft_model)
             tensors = {k: p.detach().cpu().contiguous() for k, p in sink_parameters(inner).items() if p.requires_grad}
+            tensors.update({k: b.detach().cpu().contiguous() for k, b in sink_buffers(inner).items()})
             save_file(tensors, os.path.join(save_directory, SINK_WEIGHTS_NAME))
             self.router.config.save_pretrained(save_directory)
         return result
@@ -134,10 +135,11 @@ def install_save_hooks(model: nn.Module, inner: nn.Module, router: SinkRouter) -
 
 
 def load_sink_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load sink tensors saved with a peft model (``sinks.safetensors``) into ``model``'s sinks."""
+    """Load sink tensors saved with a peft model (``sinks.safetensors``, with the warm-up's progress) into ``model``'s sinks."""
     from safetensors.torch import load_file
 
-    params = sink_parameters(unwrap_model(model))
+    inner = unwrap_model(model)
+    params = {**sink_parameters(inner), **sink_buffers(inner)}
     state = load_file(os.fspath(path))
     unknown = sorted(set(state) - set(params))
     if unknown:

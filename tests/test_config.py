@@ -3,6 +3,7 @@
 import pytest
 
 import memsinks
+from memsinks.config import SinksConfig
 
 
 def test_bad_configs():
@@ -24,3 +25,42 @@ def test_every_field_is_documented_in_its_metadata():
         assert isinstance(help_text, str) and len(help_text) > 20, f.name
     placement = next(f for f in fields if f.name == "placement")
     assert "'split'" in placement.metadata["help"] and "'append'" in placement.metadata["help"]
+
+
+def test_append_defaults_are_the_measured_levers_and_split_keeps_the_papers_routing():
+    a = SinksConfig(placement="append", n_sink_units=8)
+    assert (a.sink_lr_scale, a.sink_init, a.centered_masks, a.sink_warmup_steps) == (32.0, "mirror", True, 8)
+    s = SinksConfig()
+    assert (s.sink_lr_scale, s.sink_init, s.centered_masks, s.sink_warmup_steps) == (1.0, None, False, 0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(sink_lr_scale=30), "power of two.*got 30. Use 32"),
+    (dict(sink_lr_scale=0), "power of two"),
+    (dict(sink_init="ones"), "sink_init must be one of"),
+    (dict(n_sink_units=7), "n_sink_units must be even; got 7"),
+    (dict(centered_masks="yes"), "centered_masks must be True or False"),
+    (dict(sink_warmup_steps=-1), "sink_warmup_steps must be an int >= 0"),
+])
+def test_bad_lever_values_are_refused_with_the_fix(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SinksConfig(**{"placement": "append", "n_sink_units": 8, **kwargs})
+
+
+def test_split_refuses_levers_that_only_appended_units_have():
+    with pytest.raises(ValueError, match="sink_lr_scale applies to placement='append'"):
+        SinksConfig(sink_lr_scale=4)
+    with pytest.raises(ValueError, match="sink_init applies to placement='append'"):
+        SinksConfig(sink_init="mirror")
+
+
+def test_a_file_written_before_the_levers_existed_loads_with_that_versions_behaviour():
+    saved = SinksConfig(placement="append", n_sink_units=8).to_dict()
+    for key in ("sink_lr_scale", "sink_init", "centered_masks", "sink_warmup_steps"):
+        del saved[key]
+    old = SinksConfig.from_dict(saved)
+    assert (old.sink_lr_scale, old.sink_init, old.centered_masks, old.sink_warmup_steps) == (1.0, "zero", False, 0)
+    split = SinksConfig().to_dict()
+    for key in ("sink_lr_scale", "sink_init", "centered_masks", "sink_warmup_steps"):
+        del split[key]
+    assert SinksConfig.from_dict(split).sink_init is None

@@ -10,7 +10,7 @@ from memsinks.layers import (
     DOWN_PROJECTIONS, AppendSinkDownProjection, SinkDownProjection, SinkUpProjection, SplitSinkDownProjection,
 )
 from memsinks.model import get_router
-from tests.conftest import tiny_model
+from tests.conftest import tiny_model, token_batch
 
 
 def _model_with_sinks(family, placement):
@@ -88,7 +88,9 @@ def test_pruning_refuses_a_factor_that_is_not_zero():
 def test_state_dict_is_the_stock_layout_and_loads_back(placement):
     model = _model_with_sinks("gpt2", placement)
     state = model.state_dict()
-    assert not any(".base." in k or "sink_" in k for k in state)
+    extra = set(state) - set(tiny_model("gpt2").state_dict())
+    # the stock keys, plus the warm-up's progress where a warm-up is configured (append's default)
+    assert extra == ({"transformer.h.0.mlp.c_proj.sink_warmup_progress"} if placement == "append" else set())
     width = 64 + (16 if placement == "append" else 0)
     assert state["transformer.h.0.mlp.c_fc.weight"].shape == (32, width)
     assert state["transformer.h.0.mlp.c_proj.weight"].shape == (width, 32)
@@ -106,3 +108,61 @@ def test_a_checkpoint_of_another_width_is_refused_by_name():
     state[key] = state[key][:, :-1]
     with pytest.raises(RuntimeError, match="down_proj.weight: the checkpoint's MLP has 79 units where this model"):
         model.load_state_dict(state)
+
+
+def _append(family, **overrides):
+    cfg = memsinks.SinksConfig(placement="append", n_sink_units=16, sink_warmup_steps=0, **overrides)
+    return memsinks.add_sinks(tiny_model(family), cfg)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox"])
+def test_mirrored_units_keep_the_logits_exactly_and_every_unit_learns_from_the_first_step(family):
+    base = tiny_model(family).eval()
+    model = _append(family).eval()
+    x = token_batch(shape=(3, 16))
+    with torch.no_grad(), memsinks.sinks_mode(model, "own"):
+        assert torch.equal(model(x, sequence_ids=torch.tensor([1, 2, 3])).logits, base(x).logits)
+    model.train()(x, labels=x, sequence_ids=torch.tensor([1, 2, 3])).loss.backward()
+    for name, p in model.named_parameters():
+        if name.endswith("sink_weight"):
+            assert (p.grad.abs().sum(dim=1 if "down" in name or "c_proj" in name or "4h_to_h" in name else 0) > 0).any(), name
+            assert p.grad.abs().sum() > 0, name
+
+
+def test_zero_initialised_down_columns_leave_the_up_rows_without_gradient_at_the_first_step():
+    model = _append("llama", sink_init="zero").train()
+    x = token_batch(shape=(3, 16))
+    model(x, labels=x, sequence_ids=torch.tensor([1, 2, 3])).loss.backward()
+    up = model.model.layers[0].mlp.up_proj
+    assert not up.sink_weight.grad.any()
+    assert model.model.layers[0].mlp.down_proj.sink_weight.grad.any()
+
+
+def test_the_learning_rate_scale_moves_the_effective_weights_that_many_times_further_under_adam():
+    moved = {}
+    for scale in (1.0, 8.0):
+        model = _append("llama", sink_lr_scale=scale).train()
+        down = model.model.layers[0].mlp.down_proj
+        before = down.effective_weight().detach().clone()
+        opt = torch.optim.Adam([down.sink_weight], lr=1e-3)
+        x = token_batch(shape=(3, 16))
+        model(x, labels=x, sequence_ids=torch.tensor([1, 2, 3])).loss.backward()
+        opt.step()
+        moved[scale] = (down.effective_weight().detach() - before).abs().max()
+    assert torch.isclose(moved[8.0], 8 * moved[1.0], rtol=1e-3)
+
+
+def test_a_scaled_pool_saves_its_effective_weights_and_loads_back_bit_for_bit():
+    model = _append("gpt2", sink_lr_scale=32.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    state = model.state_dict()
+    down = model.transformer.h[0].mlp.c_proj
+    assert torch.equal(state["transformer.h.0.mlp.c_proj.weight"][-16:], (down.sink_weight * 32).t())
+    fresh = _append("gpt2", sink_lr_scale=32.0)
+    fresh.load_state_dict(state)
+    for (name, a), (_, b) in zip(model.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(a, b), name
+    plain = memsinks.remove_sinks(model, mode="mean", prune=False)
+    assert torch.equal(plain.transformer.h[0].mlp.c_fc.weight, state["transformer.h.0.mlp.c_fc.weight"])

@@ -51,16 +51,17 @@ def test_append_on_pretrained_llama_keeps_logits_generations_and_fine_tunes(smol
     ds = memsinks.assign_sequence_ids(ds)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, learning_rate=1e-3,
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, learning_rate=3e-4,
                              report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=1,
                              lr_scheduler_type="constant")
     model.train()
+    sink_w = model.model.layers[0].mlp.down_proj.sink_weight
+    sink_before = sink_w.detach().clone()
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=memsinks.SinksDataCollator(tok))
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < losses[0]
-    sink_w = model.model.layers[0].mlp.down_proj.sink_weight
-    assert sink_w.abs().sum() > 0  # the appended units learned
+    assert not torch.equal(sink_w, sink_before)  # the appended units learned
     # dropping the sinks gives back exactly the pretrained function (base weights were trained too,
     # so compare against the drop mode of this model after removal, in a saved-and-reloaded form)
     model.eval()

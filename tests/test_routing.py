@@ -7,7 +7,9 @@ import torch
 
 from memsinks.config import SinksConfig
 from memsinks.routing import LayerSpec, SinkRouter, mix64, mix64_tensor, reference_unit_is_on, _signed
-from tests.conftest import run_python
+import memsinks
+import memsinks.model
+from tests.conftest import run_python, tiny_model
 
 
 def _router(p_mem=0.3, seed=0, specs=((0, 100, 30), (1, 100, 30), (3, 100, 30)), cache=8192):
@@ -140,3 +142,31 @@ def test_constant_pool_is_the_pool_part_of_the_constant_masks(mode, exclude):
         assert torch.equal(router.mask_for(layer)[70:], pool[30 * i:30 * (i + 1)])
     with pytest.raises(ValueError, match="'own'"):
         router.constant_pool("own", ())
+
+
+def test_mirrored_pairs_share_one_routing_bit():
+    model = memsinks.add_sinks(tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16))
+    router = memsinks.model.get_router(model)
+    bits = router.compute_pool_bits(torch.tensor([7, 8, 9]))
+    for i, spec in enumerate(router.specs):
+        block = bits[:, 16 * i:16 * (i + 1)]
+        assert torch.equal(block[:, :8], block[:, 8:])
+        for unit in range(16):
+            assert bool(block[0, unit]) == reference_unit_is_on(0, 7, spec.layer, router.routed_unit(spec, unit), 0.3)
+
+
+def test_centered_masks_give_own_units_one_minus_p_the_rest_minus_p_and_every_constant_mode_zero():
+    cfg = memsinks.SinksConfig(placement="append", n_sink_units=16, centered_masks=True, sink_init="zero")
+    model = memsinks.add_sinks(tiny_model("llama"), cfg)
+    router = memsinks.model.get_router(model)
+    ids = torch.tensor([7, 8])
+    router.begin(ids, "own", (), torch.float32, torch.device("cpu"))
+    mask = router.mask_for(router.specs[0].layer)[:, 0]
+    bits = router.compute_pool_bits(ids)[:, :16]
+    assert torch.equal(mask, torch.where(bits, torch.tensor(0.7), torch.tensor(-0.3)))
+    for mode in ("drop", "mean"):
+        router.begin(None, mode, (), torch.float32, torch.device("cpu"))
+        assert router.mask_for(router.specs[0].layer) is None, mode
+    router.begin(ids, "exclude", (7,), torch.float32, torch.device("cpu"))
+    excluded = router.mask_for(router.specs[0].layer)[:, 0]
+    assert torch.equal(excluded[1], torch.where(bits[0], torch.tensor(0.0), mask[1]))

@@ -33,8 +33,11 @@ def _args(tmp_path, **kw):
 
 @pytest.mark.parametrize("family,placement", [("gpt2", "split"), ("llama", "append")])
 def test_stock_trainer_trains_with_sinks_and_loss_falls(tmp_path, family, placement):
+    """The Trainer's plumbing, on tiny models trained from scratch at a high learning rate: the append levers
+    (a sinks-first warm-up, a 32x learning rate) are for fine-tuning and have their own tests."""
     model = tiny_model(family)
-    cfg = memsinks.SinksConfig(placement=placement, n_sink_units=32 if placement == "append" else None)
+    levers = dict(sink_lr_scale=1.0, sink_warmup_steps=0) if placement == "append" else {}
+    cfg = memsinks.SinksConfig(placement=placement, n_sink_units=32 if placement == "append" else None, **levers)
     memsinks.add_sinks(model, cfg)
     trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(),
                       data_collator=memsinks.SinksDataCollator())
