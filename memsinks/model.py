@@ -24,6 +24,7 @@ from memsinks.projection import linear_weight
 from memsinks.routing import LayerSpec, SinkRouter
 from memsinks.save_and_load import install_save_hooks
 from memsinks.unwrap import unwrap_model
+from memsinks.warmup import SinkWarmup
 
 _ROUTER_ATTR = "_memsinks_router"
 
@@ -122,7 +123,8 @@ def add_sinks(model: nn.Module, config: SinksConfig | None = None) -> nn.Module:
     if config.placement == "append" and len(layers) == len(blocks):
         set_width(hf_config, layout, base_width + config.n_sink_units)
     inner.__dict__[_ROUTER_ATTR] = router
-    inner.forward = ForwardWithSequenceIds(inner, router, wrappers[0])
+    warmup = SinkWarmup(inner, wrappers[0], config.sink_warmup_steps) if config.sink_warmup_steps else None
+    inner.forward = ForwardWithSequenceIds(inner, router, wrappers[0], warmup)
     install_save_hooks(model, inner, router)
     return model
 
@@ -211,6 +213,9 @@ def remove_sinks(
         setattr(mlp, layout.down, down.unload(factors[offset:offset + spec.pool], prune_units))
         offset += spec.pool
     set_width(inner.config, layout, all_widths.pop())
+    forward = inner.__dict__.get("forward")
+    if isinstance(forward, ForwardWithSequenceIds) and forward.warmup is not None:
+        forward.warmup.close()
     for attr in ("forward", "save_pretrained"):
         inner.__dict__.pop(attr, None)
     del inner.__dict__[_ROUTER_ATTR]
