@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 SEQUENCE_IDS = "sequence_ids"
+PRIVATE_MASK = "private_mask"
 _ID_MASK = (1 << 63) - 1
 
 
@@ -133,7 +134,32 @@ class SinksDataCollator:
         ids = self._collect_ids(features, lengths, T, left)
         if ids is not None:
             batch[SEQUENCE_IDS] = ids
+        private = self._collect_private_mask(features, lengths, T, left)
+        if private is not None:
+            batch[PRIVATE_MASK] = private
         return batch
+
+    def _collect_private_mask(self, features: list[dict], lengths: list[int], T: int, left: bool) -> torch.Tensor | None:
+        """(B, T) 0/1 from each feature's ``private_mask`` (padding is 0), or None when no feature has one."""
+        present = [f.get(PRIVATE_MASK) is not None for f in features]
+        if not any(present):
+            return None
+        if not all(present):
+            raise KeyError(f"Feature {present.index(False)} of the batch has no '{PRIVATE_MASK}' while others do; "
+                           "mark every row (memsinks.mark_private_spans), with all zeros where nothing is private.")
+        out = torch.zeros((len(features), T), dtype=torch.long)
+        for i, f in enumerate(features):
+            values = _as_list(f[PRIVATE_MASK])
+            if not isinstance(values, list) or len(values) != lengths[i]:
+                raise ValueError(f"Feature {i}: '{PRIVATE_MASK}' must be a list of 0/1 as long as its input_ids "
+                                 f"({lengths[i]} tokens); got {type(values).__name__} of length "
+                                 f"{len(values) if hasattr(values, '__len__') else 'n/a'}.")
+            bad = [v for v in values if not _is_bit(v)]
+            if bad:
+                raise ValueError(f"Feature {i}: '{PRIVATE_MASK}' must hold only 0 and 1; it holds {bad[0]!r}.")
+            sl = slice(T - lengths[i], T) if left else slice(0, lengths[i])
+            out[i, sl] = torch.as_tensor([int(v) for v in values], dtype=torch.long)
+        return out
 
     def _collect_ids(self, features: list[dict], lengths: list[int], T: int, left: bool) -> torch.Tensor | None:
         present = [SEQUENCE_IDS in f and f[SEQUENCE_IDS] is not None for f in features]
@@ -161,6 +187,13 @@ class SinksDataCollator:
             sl = slice(T - lengths[i], T) if left else slice(0, lengths[i])
             out[i, sl] = torch.as_tensor(v, dtype=torch.long)
         return out
+
+
+def _is_bit(value: Any) -> bool:
+    """0 or 1 as an int or a bool (a float 1.0 is not a bit: values are never cast)."""
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    return isinstance(value, (int, np.integer)) and value in (0, 1)
 
 
 def _as_list(value: Any) -> Any:

@@ -1,9 +1,15 @@
 """The instance ``forward`` of a model with sinks: it takes ``sequence_ids`` and routes by them.
 
 ``add_sinks`` replaces the instance's ``forward`` (the class keeps its own) with
-``ForwardWithSequenceIds``, whose signature is the class forward's plus ``sequence_ids``; the
-stock Trainer's ``remove_unused_columns`` and ``generate()``'s kwargs check read that signature,
-so the IDs survive the column filter and reach every generation step.
+``ForwardWithSequenceIds``, whose signature is the class forward's plus ``sequence_ids`` and
+``private_mask``; the stock Trainer's ``remove_unused_columns`` and ``generate()``'s kwargs
+check read that signature, so both columns survive the column filter and the IDs reach every
+generation step.
+
+In training (training mode, gradients on) the forward also counts the sinks' warm-up
+(``memsinks.warmup``) and, when the batch marks private tokens, trains on them through the
+sinks only (``memsinks.private_tokens``). Outside training ``private_mask`` is checked and
+otherwise ignored: evaluation scores every token.
 """
 
 from __future__ import annotations
@@ -12,12 +18,16 @@ import inspect
 import logging
 from typing import Any
 
+import torch
 from torch import nn
 
 from memsinks.ids import normalize_sequence_ids
 from memsinks.layers import SinkDownProjection, sink_parameters
+from memsinks.private_tokens import forward_with_private_tokens, normalize_private_mask
 from memsinks.projection import linear_weight
 from memsinks.routing import SinkRouter
+from memsinks.sink_slices import sink_slices
+from memsinks.warmup import SinkWarmup
 
 logger = logging.getLogger("memsinks")
 
@@ -28,20 +38,23 @@ class ForwardWithSequenceIds:
     ``reference`` is a sink layer whose weight gives the masks' dtype and device.
     """
 
-    def __init__(self, model: nn.Module, router: SinkRouter, reference: SinkDownProjection):
+    def __init__(self, model: nn.Module, router: SinkRouter, reference: SinkDownProjection,
+                 warmup: SinkWarmup | None = None):
         self.model = model
         self.router = router
         self.reference = reference
+        self.warmup = warmup
         self.checked_trainable = False
         self.class_forward = type(model).forward
         sig = inspect.signature(self.class_forward)
         params = [p for name, p in sig.parameters.items() if name != "self"]
-        extra = inspect.Parameter("sequence_ids", inspect.Parameter.KEYWORD_ONLY, default=None)
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+                 for name in ("sequence_ids", "private_mask")]
         at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
-        params.insert(at, extra)
+        params[at:at] = extra
         self.__signature__ = sig.replace(parameters=params)
 
-    def __call__(self, *args: Any, sequence_ids: Any = None, **kwargs: Any):
+    def __call__(self, *args: Any, sequence_ids: Any = None, private_mask: Any = None, **kwargs: Any):
         model = self.model
         router = self.router
         mode, exclude = router.resolve_mode(model.training)
@@ -61,11 +74,19 @@ class ForwardWithSequenceIds:
                 "Sinks mode 'own' needs `sequence_ids` (LongTensor of shape (B,) or (B, T)); pass them to the "
                 "forward or to generate(), or use mode 'drop' / 'mean'."
             )
+        if private_mask is not None:
+            private_mask = normalize_private_mask(private_mask, _input_shape(args, kwargs))
         if model.training and not self.checked_trainable:
             self.checked_trainable = True
             _warn_if_sinks_frozen(model)
+        training = model.training and torch.is_grad_enabled()
+        if training and self.warmup is not None:
+            self.warmup.on_training_forward()
         weight = linear_weight(self.reference.base)
         router.begin(ids, mode, exclude, weight.dtype, weight.device)
+        if training and private_mask is not None:
+            return forward_with_private_tokens(lambda **kw: self.class_forward(model, *args, **kw), kwargs,
+                                               private_mask, sink_slices(model), model)
         return self.class_forward(model, *args, **kwargs)
 
 

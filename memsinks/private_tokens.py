@@ -1,0 +1,181 @@
+"""Marked private tokens train only the sinks: two passes inside one training forward.
+
+With a ``private_mask`` (B, T) in the batch (1 = the token's content is private), the loss is
+split by token: the public tokens' loss trains every parameter as usual; the private tokens'
+loss trains only the sink parameters. Dropping the sinks then removes everything the model
+learned from the private tokens, by construction rather than by a race between the shared
+units and the sinks.
+
+One backward cannot split a loss's gradient by parameter, so the training forward runs the
+model twice on the same batch:
+
+1. the private pass: the loss on the private tokens, differentiated at once (inside the
+   forward, ``torch.autograd.grad``) with respect to the sink parameters only; no other
+   parameter's gradient is computed or accumulated;
+2. the public pass: the ordinary forward with the private tokens' labels set to -100, whose
+   output the caller gets back. Its loss carries the private pass's sink gradients into the
+   caller's backward (``_AddSinkGradients``), so the Trainer's single ``backward()`` gives the
+   shared parameters the public tokens' gradient and the sinks both.
+
+The returned loss equals the ordinary loss over all labelled tokens (the private and public
+parts weighted by their token counts, or both divided by ``num_items_in_batch`` when the
+Trainer passes it), so logs and gradient accumulation mean what they always do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from memsinks.sink_slices import SinkSlice
+
+IGNORE_INDEX = -100
+
+
+class _AddSinkGradients(torch.autograd.Function):
+    """``loss_public + private_value`` whose backward also hands ``grads`` to ``params``.
+
+    Forward: (public loss, private loss value, *grads, *params) -> scalar. Backward: the
+    incoming gradient goes to the public loss unchanged, and ``g * grad_i`` to each sink
+    parameter (the private pass's gradient, scaled as the public part is).
+    """
+
+    @staticmethod
+    def forward(ctx, loss_public, private_value, n, *grads_and_params):
+        ctx.n = n
+        ctx.save_for_backward(*grads_and_params[:n])
+        return loss_public + private_value
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grads = ctx.saved_tensors
+        return (grad_out, None, None) + (None,) * ctx.n + tuple(grad_out * g for g in grads)
+
+
+@contextlib.contextmanager
+def _non_reentrant_checkpointing(model: nn.Module) -> Iterator[None]:
+    """Make gradient checkpointing non-reentrant for the block.
+
+    A reentrant checkpoint runs its own ``backward`` during recomputation, which would
+    accumulate the private loss's gradient into every parameter and cannot be combined with
+    ``torch.autograd.grad``; the non-reentrant kind only recomputes activations.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    swapped = []
+    for module in model.modules():
+        func = getattr(module, "_gradient_checkpointing_func", None)
+        if getattr(module, "gradient_checkpointing", False) and func is not None and _is_reentrant(func):
+            swapped.append((module, func))
+            module._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for module, func in swapped:
+            module._gradient_checkpointing_func = func
+
+
+def _is_reentrant(func: Callable) -> bool:
+    keywords = getattr(func, "keywords", None) or {}
+    return bool(keywords.get("use_reentrant", False))
+
+
+def normalize_private_mask(private_mask: Any, input_shape: tuple[int, ...] | None) -> torch.Tensor:
+    """Check a batch's ``private_mask`` and return it as a bool tensor (B, T).
+
+    It must hold 0/1 (or bools), one per token of ``input_ids``; floats, other values or
+    another shape are errors, never cast.
+    """
+    if not isinstance(private_mask, torch.Tensor):
+        try:
+            private_mask = torch.as_tensor(private_mask)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"private_mask must be a (B, T) tensor of 0/1; got {type(private_mask).__name__}.") from err
+    if private_mask.is_floating_point() or private_mask.is_complex():
+        raise TypeError(f"private_mask must hold 0/1 integers or bools, one per token; got dtype {private_mask.dtype}.")
+    if input_shape is not None and tuple(private_mask.shape) != tuple(input_shape[:2]):
+        raise ValueError(f"private_mask has shape {tuple(private_mask.shape)} but the input batch is "
+                         f"{tuple(input_shape[:2])}; give one 0/1 per token (memsinks.mark_private_spans makes it).")
+    if private_mask.dtype != torch.bool:
+        bad = (private_mask != 0) & (private_mask != 1)
+        if bool(bad.any()):
+            value = private_mask[bad][0].item()
+            raise ValueError(f"private_mask must hold only 0 and 1 (1 = a private token); it holds {value}.")
+        private_mask = private_mask.bool()
+    return private_mask
+
+
+def split_labels(labels: torch.Tensor, private_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(public labels, private labels): ``labels`` (B, T) with the other kind's positions set to -100.
+
+    ``private_mask`` (B, T) marks tokens; the label at position t is the token at t, so
+    masking the labels where the mask is 1 removes exactly the loss of predicting private tokens.
+    """
+    private = private_mask.to(device=labels.device, dtype=torch.bool)
+    return labels.masked_fill(private, IGNORE_INDEX), labels.masked_fill(~private, IGNORE_INDEX)
+
+
+def _count(labels: torch.Tensor) -> int:
+    """Labelled predictions of a causal LM loss (labels are shifted: position 0 is never a target)."""
+    return int((labels[..., 1:] != IGNORE_INDEX).sum())
+
+
+def forward_with_private_tokens(
+    run_forward: Callable[..., Any],
+    kwargs: dict,
+    private_mask: torch.Tensor,
+    slices: Sequence[SinkSlice],
+    model: nn.Module,
+):
+    """The training forward with marked private tokens (see the module docstring).
+
+    Args:
+        run_forward: calls the stock forward with keyword arguments and returns its output.
+        kwargs: the forward's keyword arguments; must hold ``labels`` (B, T).
+        private_mask: (B, T) 0/1, aligned with ``labels``.
+        slices: the sinks' tensors (or slices of tensors, split placement) the private tokens may train.
+        model: the module whose gradient checkpointing is made non-reentrant for the private pass.
+    """
+    labels = kwargs.get("labels")
+    if labels is None:
+        raise ValueError(
+            "The batch has a private_mask but the forward got no labels: the model routes the private tokens' loss "
+            "to the sinks, so it must compute the loss itself. Do not pop the labels (Trainer label smoothing and "
+            "compute_loss_func do) when training with private_mask.")
+    if "shift_labels" in kwargs:
+        raise ValueError("private_mask with shift_labels is not supported; give labels aligned with input_ids instead.")
+    if tuple(private_mask.shape) != tuple(labels.shape):
+        raise ValueError(f"private_mask has shape {tuple(private_mask.shape)} but labels {tuple(labels.shape)}; "
+                         "give one 0/1 per token.")
+    public, private = split_labels(labels, private_mask)
+    n_private = _count(private)
+    slices = [s for s in slices if s.param.requires_grad]
+    params = [s.param for s in slices]
+    if n_private == 0 or not params:
+        return run_forward(**kwargs)
+    n_public = _count(public)
+    given = kwargs.get("num_items_in_batch") is not None
+    total = n_public + n_private
+
+    def weighted(loss: torch.Tensor, n: int) -> torch.Tensor:
+        return loss if given else loss * (n / total)
+
+    with _non_reentrant_checkpointing(model):
+        out_private = run_forward(**{**kwargs, "labels": private})
+        loss_private = weighted(out_private.loss, n_private)
+        grads = torch.autograd.grad(loss_private, params, allow_unused=True)
+    grads = [torch.zeros_like(s.param) if g is None else s.keep(g) for s, g in zip(slices, grads)]
+    private_value = loss_private.detach()
+    del out_private, loss_private
+
+    out = run_forward(**{**kwargs, "labels": public})
+    if n_public:
+        loss_public = weighted(out.loss, n_public)
+    else:
+        loss_public = out.logits.sum() * 0.0
+    out.loss = _AddSinkGradients.apply(loss_public, private_value, len(grads), *grads, *params)
+    return out

@@ -1,0 +1,156 @@
+"""Marked private tokens train only the sinks: exact gradients, the loss value, checkpointing, the Trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import memsinks
+from memsinks._small_decoder import DecoderShape, build_decoder
+from memsinks.sink_slices import sink_slices
+from tests.conftest import token_batch
+
+
+def _model(family: str, placement: str, seed: int = 0):
+    shape = DecoderShape(family=family, n_layer=2, n_embd=32, n_head=2, intermediate=64, n_kv_heads=1, dropout=0.0)
+    model = build_decoder(shape, 128, seed=seed, token_id=0)
+    cfg = memsinks.SinksConfig(placement=placement, n_sink_units=16 if placement == "append" else None,
+                               sink_warmup_steps=0)
+    return memsinks.add_sinks(model, cfg).train()
+
+
+def _batch(seed: int = 0):
+    x = token_batch(shape=(3, 16), seed=seed)
+    private = torch.zeros_like(x)
+    private[0, 5:9] = 1
+    private[2, 10:14] = 1
+    return x, torch.tensor([11, 12, 13]), private
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    out = {n: (torch.zeros_like(p) if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def _is_sink(model):
+    """name -> the sink slice of that parameter (or None)."""
+    slices = {id(s.param): s for s in sink_slices(model)}
+    return {n: slices.get(id(p)) for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("placement", ["append", "split"])
+def test_shared_parameters_learn_only_from_public_tokens_and_sinks_from_all(family, placement):
+    model = _model(family, placement)
+    x, ids, private = _batch()
+    # reference: the ordinary loss, and the loss with the private tokens' labels removed, weighted by token counts
+    full = model(x, labels=x, sequence_ids=ids).loss
+    full.backward()
+    g_full = _grads(model)
+    public = x.masked_fill(private.bool(), -100)
+    n_pub, n_all = int((public[:, 1:] != -100).sum()), int((x[:, 1:] != -100).sum())
+    (model(x, labels=public, sequence_ids=ids).loss * n_pub / n_all).backward()
+    g_public = _grads(model)
+
+    out = model(x, labels=x, sequence_ids=ids, private_mask=private)
+    assert torch.allclose(out.loss, full, atol=1e-6)  # the same loss value as without the mask
+    out.loss.backward()
+    got = _grads(model)
+    sinks = _is_sink(model)
+    for name, g in got.items():
+        piece = sinks[name]
+        if piece is None:
+            assert torch.allclose(g, g_public[name], atol=1e-6), name
+        else:
+            want = piece.keep(g_full[name]) + (g_public[name] - piece.keep(g_public[name]))
+            assert torch.allclose(g, want, atol=1e-6), name
+
+
+@pytest.mark.parametrize("placement", ["append", "split"])
+def test_a_batch_whose_every_labelled_token_is_private_gives_shared_parameters_exactly_zero_gradient(placement):
+    model = _model("llama", placement)
+    x, ids, private = _batch()
+    labels = x.masked_fill(~private.bool(), -100)
+    model(x, labels=labels, sequence_ids=ids, private_mask=private).loss.backward()
+    sinks = _is_sink(model)
+    for name, p in model.named_parameters():
+        piece = sinks[name]
+        if piece is None:
+            assert p.grad is None or not p.grad.any(), name
+        else:
+            outside = p.grad - piece.keep(p.grad)
+            assert not outside.any(), name
+    assert all(s.keep(s.param.grad).abs().sum() > 0 for s in sink_slices(model) if s.param.dim() == 2)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
+    x, ids, private = _batch()
+    plain = _model("llama", "append")
+    plain(x, labels=x, sequence_ids=ids, private_mask=private).loss.backward()
+    want = _grads(plain)
+    ckpt = _model("llama", "append")
+    ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    ckpt(x, labels=x, sequence_ids=ids, private_mask=private, use_cache=False).loss.backward()
+    for name, g in _grads(ckpt).items():
+        assert torch.allclose(g, want[name], atol=1e-6), name
+
+
+def test_with_num_items_in_batch_both_parts_are_divided_by_it():
+    model = _model("llama", "append")
+    x, ids, private = _batch()
+    n = int((x[:, 1:] != -100).sum())
+    ref = model(x, labels=x, sequence_ids=ids, num_items_in_batch=n).loss
+    out = model(x, labels=x, sequence_ids=ids, private_mask=private, num_items_in_batch=n).loss
+    assert torch.allclose(out, ref, atol=1e-6)
+
+
+def test_outside_training_the_mask_is_ignored():
+    model = _model("llama", "append").eval()
+    x, ids, private = _batch()
+    with memsinks.sinks_mode(model, "own"), torch.no_grad():
+        a = model(x, labels=x, sequence_ids=ids)
+        b = model(x, labels=x, sequence_ids=ids, private_mask=private)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.loss, b.loss)
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (lambda m: m.float(), TypeError, "0/1 integers or bools"),
+    (lambda m: m * 2, ValueError, "only 0 and 1.*holds 2"),
+    (lambda m: m[:, :-1], ValueError, r"shape \(3, 15\) but the input batch is \(3, 16\)"),
+])
+def test_a_malformed_mask_is_refused_with_what_is_wrong(bad, error, match):
+    model = _model("llama", "append")
+    x, ids, private = _batch()
+    with pytest.raises(error, match=match):
+        model(x, labels=x, sequence_ids=ids, private_mask=bad(private))
+
+
+def test_a_mask_without_labels_says_the_model_must_compute_the_loss():
+    model = _model("llama", "append")
+    x, ids, private = _batch()
+    with pytest.raises(ValueError, match="forward got no labels"):
+        model(x, sequence_ids=ids, private_mask=private)
+
+
+def test_the_column_survives_the_stock_trainer_and_its_private_tokens_reach_only_the_sinks(tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    model = _model("llama", "append")
+    rows = [token_batch(shape=(1, 12), seed=s)[0].tolist() for s in range(8)]
+    ds = Dataset.from_dict({"input_ids": rows, "private_mask": [[1] * 12] * 8, "junk": ["x"] * 8})
+    ds = memsinks.assign_sequence_ids(ds)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
+                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=memsinks.SinksDataCollator())
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "private_mask" in batch and "junk" not in batch
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    sinks = _is_sink(model)
+    for name, p in model.named_parameters():
+        if sinks[name] is None:
+            assert torch.equal(p, before[name]), name  # every labelled token private: shared units never moved
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if sinks[n] is not None)
