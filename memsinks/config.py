@@ -7,7 +7,10 @@ safetensors, and that ``memsinks.from_pretrained`` reads back to rebuild identic
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from memsinks._saved_config import SavedConfig
 from memsinks.ids import MAX_SEQUENCE_ID, validate_sequence_id
@@ -16,6 +19,9 @@ SINKS_CONFIG_NAME = "sinks_config.json"
 PLACEMENTS = ("split", "append")
 EVAL_MODES = ("drop", "mean", "own", "exclude")
 HASH_SCHEMES = ("splitmix64-v1",)
+# the fields that decide which units are sinks and which IDs switch them on (checked against the weights at load)
+ROUTING_FIELDS = ("placement", "p_gen", "p_mem", "n_sink_units", "layers", "routing_seed", "hash_scheme",
+                  "base_intermediate_size")
 
 
 @dataclass
@@ -103,8 +109,18 @@ class SinksConfig(SavedConfig):
                 f"SinksConfig.hash_scheme {self.hash_scheme!r} is unknown to this memsinks version "
                 f"(known: {HASH_SCHEMES}); upgrade memsinks to load this checkpoint."
             )
-        if not isinstance(self.mask_cache_size, int) or self.mask_cache_size < 0:
+        if not _is_int(self.mask_cache_size) or self.mask_cache_size < 0:
             raise ValueError(f"SinksConfig.mask_cache_size must be an int >= 0; got {self.mask_cache_size!r}.")
+        if self.base_intermediate_size is not None and (not _is_int(self.base_intermediate_size)
+                                                        or self.base_intermediate_size < 1):
+            raise ValueError("SinksConfig.base_intermediate_size must be a positive int or None (add_sinks fills it "
+                             f"in); got {self.base_intermediate_size!r}.")
+        if self.model_type is not None and not isinstance(self.model_type, str):
+            raise ValueError(f"SinksConfig.model_type must be a str or None; got {self.model_type!r}.")
+
+    def routing_fields(self) -> dict[str, Any]:
+        """The values of ``ROUTING_FIELDS``: what a checkpoint's weights were trained with."""
+        return {name: getattr(self, name) for name in ROUTING_FIELDS}
 
     def pool_size(self, intermediate_size: int) -> int:
         """Number of sink units in an MLP whose original width is ``intermediate_size``."""
@@ -126,3 +142,11 @@ class SinksConfig(SavedConfig):
             "model loads with AutoModelForCausalLM.from_pretrained; attach sinks with memsinks.add_sinks."
         )
 
+
+def routing_digest(fields: dict[str, Any]) -> str:
+    """A SHA-256 of routing fields (``SinksConfig.routing_fields()``), independent of key order."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
