@@ -58,7 +58,7 @@ class SavedConfig:
         path = os.path.join(directory, cls.CONFIG_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(cls._missing_message(directory))
-        data = _read_json_object(path, cls.__name__)
+        data = read_json_object(path, cls.__name__)
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:
@@ -73,7 +73,7 @@ _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a num
                type(None): "null"}
 
 
-def _read_json_object(path: str, what: str) -> dict[str, Any]:
+def read_json_object(path: str, what: str) -> dict[str, Any]:
     """The JSON object in ``path``; ValueError naming the file when it is empty, not JSON, truncated or not an object."""
     damaged = f"{path} is damaged"
     advice = "Restore it from the run that wrote these weights (or re-save the model)."

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from memsinks._saved_config import read_json_object
 from memsinks.architectures import MLPLayout, layout_for, set_width
 from memsinks.atomic import write_atomically
 from memsinks.config import SINKS_CONFIG_NAME, SinksConfig
@@ -264,8 +265,11 @@ def from_pretrained(
     sinks_config = SinksConfig.from_pretrained(directory)
     for path in safetensors_files(directory):
         check_safetensors(path)
-    hf_config = AutoConfig.from_pretrained(directory)
     where = os.path.join(directory, "config.json")
+    if not os.path.isfile(where):
+        raise FileNotFoundError(f"{directory} has no config.json: it is not a transformers checkpoint.")
+    read_json_object(where, "transformers config")  # a damaged file is named here, not deep in transformers
+    hf_config = AutoConfig.from_pretrained(directory)
     record = parse_record(hf_config.__dict__.pop(RECORD_KEY, None), where)  # popped: the model's config stays plain
     check_fields(record, sinks_config, where, os.path.join(directory, SINKS_CONFIG_NAME))
     if sinks_config.base_intermediate_size is None:

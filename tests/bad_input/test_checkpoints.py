@@ -152,6 +152,14 @@ def test_a_damaged_safetensors_file_is_named(pristine, tmp_path, damage, fragmen
     _refused(ckpt, DamagedCheckpointError, str(ckpt / "model.safetensors"), "is damaged", fragment)
 
 
+@pytest.mark.parametrize("content,fragment", [(b"", "empty"), (b'{"n_layer": 3, "model_ty', "not valid JSON"),
+                                               (b'["gpt2"]', "holds an array")])
+def test_a_damaged_config_json_is_named(pristine, tmp_path, content, fragment):
+    ckpt = _copy(pristine, tmp_path)
+    (ckpt / "config.json").write_bytes(content)
+    _refused(ckpt, ValueError, str(ckpt / "config.json"), "is damaged", fragment)
+
+
 def test_a_damaged_shard_index_or_a_missing_shard_is_named(tmp_path):
     model = memsinks.add_sinks(tiny_model("gpt2"), memsinks.SinksConfig(p_gen=0.5))
     ckpt = tmp_path / "sharded"
