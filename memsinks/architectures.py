@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,36 @@ def find_blocks(model: nn.Module, layout: MLPLayout) -> nn.ModuleList:
     if not isinstance(obj, nn.ModuleList):
         raise ValueError(f"'{layout.blocks}' of {type(model).__name__} is not an nn.ModuleList of blocks.")
     return obj
+
+
+def _child(parent: nn.Module, name: str, role: str, path: str, index: int) -> nn.Module:
+    """``parent``'s submodule ``name``, or a ValueError naming the registered name that is missing."""
+    child = parent._modules.get(name)
+    if child is None:
+        raise ValueError(
+            f"The architecture's registered layout names {role} {path!r}, but block {index} has no such module: "
+            f"its {type(parent).__name__} holds {list(parent._modules)}. Call memsinks.register_architecture again "
+            "with the right names."
+        )
+    return child
+
+
+def mlp_modules(block: nn.Module, layout: MLPLayout, index: int) -> tuple[nn.Module, list[nn.Module], nn.Module]:
+    """Block ``index``'s MLP, its up projections and its down projection, as the layout names them.
+
+    Raises ValueError naming the missing name (the layout came from ``register_architecture``),
+    TypeError when a projection is not an nn.Linear or Conv1D.
+    """
+    mlp = _child(block, layout.mlp, "the MLP (mlp=)", layout.mlp, index)
+    ups = [_child(mlp, name, "an up projection (up=)", f"{layout.mlp}.{name}", index) for name in layout.up]
+    down = _child(mlp, layout.down, "the down projection (down=)", f"{layout.mlp}.{layout.down}", index)
+    for name, module in zip(layout.up + (layout.down,), ups + [down]):
+        if not isinstance(module, (nn.Linear, Conv1D)):
+            raise TypeError(
+                f"{layout.mlp}.{name} is a {type(module).__name__}; memsinks wraps nn.Linear and Conv1D projections. "
+                "Attach sinks before quantizing the model or wrapping its MLP with peft (LoRA on attention is fine)."
+            )
+    return mlp, ups, down
 
 
 def get_width(config, layout: MLPLayout) -> int:

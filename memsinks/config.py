@@ -7,6 +7,8 @@ safetensors, and that ``memsinks.from_pretrained`` reads back to rebuild identic
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +30,9 @@ PLACEMENT_DEFAULTS = {
 }
 #: What a sinks_config.json written before these fields existed meant (the behaviour of that version).
 LEGACY_VALUES = {"sink_lr_scale": 1.0, "sink_init": "zero", "centered_masks": False, "sink_warmup_steps": 0}
+# the fields that decide which units are sinks and which IDs switch them on (checked against the weights at load)
+ROUTING_FIELDS = ("placement", "p_gen", "p_mem", "n_sink_units", "layers", "routing_seed", "hash_scheme",
+                  "base_intermediate_size", "sink_init", "sink_lr_scale", "centered_masks")
 
 
 @dataclass
@@ -140,9 +145,19 @@ class SinksConfig(SavedConfig):
                 f"SinksConfig.hash_scheme {self.hash_scheme!r} is unknown to this memsinks version "
                 f"(known: {HASH_SCHEMES}); upgrade memsinks to load this checkpoint."
             )
-        if not isinstance(self.mask_cache_size, int) or self.mask_cache_size < 0:
+        if not _is_int(self.mask_cache_size) or self.mask_cache_size < 0:
             raise ValueError(f"SinksConfig.mask_cache_size must be an int >= 0; got {self.mask_cache_size!r}.")
+        if self.base_intermediate_size is not None and (not _is_int(self.base_intermediate_size)
+                                                        or self.base_intermediate_size < 1):
+            raise ValueError("SinksConfig.base_intermediate_size must be a positive int or None (add_sinks fills it "
+                             f"in); got {self.base_intermediate_size!r}.")
+        if self.model_type is not None and not isinstance(self.model_type, str):
+            raise ValueError(f"SinksConfig.model_type must be a str or None; got {self.model_type!r}.")
         self._resolve_training_fields()
+
+    def routing_fields(self) -> dict[str, Any]:
+        """The values of ``ROUTING_FIELDS``: what a checkpoint's weights were trained with."""
+        return {name: getattr(self, name) for name in ROUTING_FIELDS}
 
     def _resolve_training_fields(self) -> None:
         """Fill the unset training-dynamics fields with the placement's defaults and check them."""
@@ -208,3 +223,11 @@ class SinksConfig(SavedConfig):
             "model loads with AutoModelForCausalLM.from_pretrained; attach sinks with memsinks.add_sinks."
         )
 
+
+def routing_digest(fields: dict[str, Any]) -> str:
+    """A SHA-256 of routing fields (``SinksConfig.routing_fields()``), independent of key order."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -14,9 +14,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from memsinks.ids import check_sequence_ids, strict_int_tensor, validate_sequence_id
+
 SEQUENCE_IDS = "sequence_ids"
 PRIVATE_MASK = "private_mask"
 _ID_MASK = (1 << 63) - 1
+TOKEN_ID_HINT = "token IDs are ints (a tokenizer's output); floats, bools and strings are never cast to them."
 
 
 def _digest_to_id(data: bytes) -> int:
@@ -27,8 +30,8 @@ def _digest_to_id(data: bytes) -> int:
 def content_id(token_ids: Sequence[int] | np.ndarray | torch.Tensor) -> int:
     """The sequence ID of a token sequence: a hash of its tokens (pad them out first)."""
     if isinstance(token_ids, torch.Tensor):
-        token_ids = token_ids.detach().cpu().numpy()
-    arr = np.asarray(token_ids, dtype=np.int64)
+        token_ids = token_ids.detach().cpu()
+    arr = strict_int_tensor(token_ids, "content_id: token_ids", TOKEN_ID_HINT).numpy()
     if arr.ndim != 1:
         raise ValueError(f"content_id hashes one sequence of token IDs; got an array of shape {arr.shape}.")
     return _digest_to_id(b"tokens:" + arr.astype("<i8").tobytes())
@@ -63,11 +66,19 @@ def assign_sequence_ids(
     import datasets
 
     if isinstance(dataset, datasets.DatasetDict):
+        empty = [name for name, split in dataset.items() if len(split) == 0]
+        if empty:
+            raise ValueError(f"The dataset's split(s) {empty} are empty (0 rows); remove them or fill them first.")
         return datasets.DatasetDict(
             {k: assign_sequence_ids(v, from_column, tokens_column, column, num_proc) for k, v in dataset.items()}
         )
     if not isinstance(dataset, datasets.Dataset):
         raise TypeError(f"assign_sequence_ids takes a datasets.Dataset or DatasetDict; got {type(dataset).__name__}.")
+    if len(dataset) == 0:
+        raise ValueError(
+            "The dataset is empty (0 rows): there is nothing to give sequence IDs to or to train on. Check the "
+            "loading, filtering and tokenization that produced it."
+        )
     source = from_column or tokens_column
     if source not in dataset.column_names:
         what = "ID column" if from_column else "token column (tokenize first, or name another with tokens_column=)"
@@ -75,13 +86,32 @@ def assign_sequence_ids(
     if column in dataset.column_names:
         raise ValueError(f"The dataset already has a {column!r} column; remove it first or pick another column name.")
 
-    def _ids(batch: dict) -> dict:
-        hasher = key_id if from_column else content_id
-        return {column: [hasher(v) for v in batch[source]]}
+    dtype = _value_dtype(dataset.features[source])
+    if dtype is not None and (dtype.startswith("float") or dtype == "bool"):
+        what = "ID keys (str or int)" if from_column else "token IDs (ints)"
+        raise TypeError(f"Column {source!r} holds {dtype} values, but it must hold {what}; memsinks never casts them.")
+    hasher = key_id if from_column else content_id
+
+    def _ids(batch: dict, indices: list[int]) -> dict:
+        out = []
+        for row, value in zip(indices, batch[source]):
+            try:
+                out.append(hasher(value))
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"Row {row}, column {source!r}: {err}") from None
+        return {column: out}
 
     features = dataset.features.copy()
     features[column] = datasets.Value("int64")
-    return dataset.map(_ids, batched=True, num_proc=num_proc, features=features, desc="Assigning sequence IDs")
+    return dataset.map(_ids, batched=True, with_indices=True, num_proc=num_proc, features=features,
+                       desc="Assigning sequence IDs")
+
+
+def _value_dtype(feature: Any) -> str | None:
+    """The dtype of the scalars inside a ``datasets`` feature (a Value, or a Sequence/List of them)."""
+    while feature is not None and not hasattr(feature, "dtype"):
+        feature = getattr(feature, "feature", None)
+    return getattr(feature, "dtype", None)
 
 
 class SinksDataCollator:
@@ -123,11 +153,11 @@ class SinksDataCollator:
         for i, f in enumerate(features):
             n = lengths[i]
             sl = slice(T - n, T) if left else slice(0, n)
-            input_ids[i, sl] = torch.as_tensor(_as_list(f["input_ids"]), dtype=torch.long)
-            am = torch.as_tensor(_as_list(f["attention_mask"]), dtype=torch.long) if "attention_mask" in f else torch.ones(n, dtype=torch.long)
+            input_ids[i, sl] = _ints(f["input_ids"], f"feature {i}: input_ids", n)
+            am = _ints(f["attention_mask"], f"feature {i}: attention_mask", n) if "attention_mask" in f else torch.ones(n, dtype=torch.long)
             attention[i, sl] = am
             if "labels" in f and f["labels"] is not None:
-                labels[i, sl] = torch.as_tensor(_as_list(f["labels"]), dtype=torch.long)
+                labels[i, sl] = _ints(f["labels"], f"feature {i}: labels", n)
             else:
                 labels[i, sl] = torch.where(am.bool(), input_ids[i, sl], torch.full_like(am, -100))
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
@@ -173,19 +203,20 @@ class SinksDataCollator:
         if not all(present):
             missing = present.index(False)
             raise KeyError(f"Feature {missing} of the batch has no 'sequence_ids' while others do.")
-        values = [f[SEQUENCE_IDS] for f in features]
-        per_token = [isinstance(_as_list(v), list) for v in values]
+        values = [_as_list(f[SEQUENCE_IDS]) for f in features]
+        per_token = [isinstance(v, list) for v in values]
         if not any(per_token):
-            return torch.as_tensor([int(v) for v in values], dtype=torch.long)
+            return torch.tensor([validate_sequence_id(v, f"feature {i}: sequence_ids") for i, v in enumerate(values)],
+                                dtype=torch.long)
         if not all(per_token):
             raise ValueError("Mixing per-sequence (int) and per-token (list) sequence_ids in one batch.")
         out = torch.zeros((len(values), T), dtype=torch.long)
         for i, v in enumerate(values):
-            v = _as_list(v)
             if len(v) != lengths[i]:
                 raise ValueError(f"Feature {i}: per-token sequence_ids has {len(v)} entries for {lengths[i]} tokens.")
             sl = slice(T - lengths[i], T) if left else slice(0, lengths[i])
-            out[i, sl] = torch.as_tensor(v, dtype=torch.long)
+            what = f"feature {i}: sequence_ids"
+            out[i, sl] = check_sequence_ids(strict_int_tensor(v, what), what)
         return out
 
 
@@ -194,6 +225,14 @@ def _is_bit(value: Any) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return True
     return isinstance(value, (int, np.integer)) and value in (0, 1)
+
+
+def _ints(values: Any, what: str, length: int) -> torch.Tensor:
+    """One feature's token-level ints (input_ids, attention_mask, labels) as int64 (length,), never cast."""
+    out = strict_int_tensor(values, what, TOKEN_ID_HINT)
+    if out.dim() != 1 or out.shape[0] != length:
+        raise ValueError(f"{what} has shape {tuple(out.shape)}; expected one int per token ({length},).")
+    return out
 
 
 def _as_list(value: Any) -> Any:

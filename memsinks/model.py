@@ -10,12 +10,12 @@ replaces the instance's ``forward`` with one that accepts ``sequence_ids``
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Iterator, Sequence
 
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from memsinks.architectures import MLPLayout, find_blocks, get_width, layout_for, set_width
+from memsinks.architectures import find_blocks, get_width, layout_for, mlp_modules, set_width
 from memsinks.config import EVAL_MODES, SinksConfig
 from memsinks.forward import ForwardWithSequenceIds
 from memsinks.ids import validate_sequence_id
@@ -59,19 +59,6 @@ def _resolve_layers(config: SinksConfig, n_blocks: int) -> list[int]:
     return sorted(out)
 
 
-def _mlp_modules(block: nn.Module, layout: MLPLayout) -> tuple[nn.Module, list[nn.Module], nn.Module]:
-    mlp = getattr(block, layout.mlp)
-    ups = [getattr(mlp, name) for name in layout.up]
-    down = getattr(mlp, layout.down)
-    for name, module in zip(layout.up + (layout.down,), ups + [down]):
-        if not isinstance(module, (nn.Linear, Conv1D)):
-            raise TypeError(
-                f"{layout.mlp}.{name} is a {type(module).__name__}; memsinks wraps nn.Linear and Conv1D projections. "
-                "Attach sinks before quantizing the model or wrapping its MLP with peft (LoRA on attention is fine)."
-            )
-    return mlp, ups, down
-
-
 def add_sinks(model: nn.Module, config: SinksConfig | None = None) -> nn.Module:
     """Attach memorization sinks to a transformers causal LM, in place, and return it.
 
@@ -80,11 +67,13 @@ def add_sinks(model: nn.Module, config: SinksConfig | None = None) -> nn.Module:
     outputs are unchanged until training moves the new units' (zero) down weights.
 
     Also accepts a peft model (LoRA on attention): sinks go into the base model's MLPs and
-    their new parameters stay trainable (see the README on wrapping order).
+    their new parameters stay trainable (see the README on wrapping order). ``config`` is not
+    changed: the model keeps a filled-in copy, which ``get_sinks_config(model)`` returns.
     """
-    config = SinksConfig() if config is None else config
-    if not isinstance(config, SinksConfig):
+    if config is not None and not isinstance(config, SinksConfig):
         raise TypeError(f"add_sinks expects a memsinks.SinksConfig, got {type(config).__name__}.")
+    # the model gets its own copy (filled in below), so one config can serve several models, as in peft
+    config = SinksConfig() if config is None else copy.deepcopy(config)
     inner = unwrap_model(model)
     if _ROUTER_ATTR in inner.__dict__:
         raise ValueError(
@@ -111,7 +100,7 @@ def add_sinks(model: nn.Module, config: SinksConfig | None = None) -> nn.Module:
     down_cls = DOWN_PROJECTIONS[config.placement]
     specs = []
     for layer in layers:
-        _, _, down = _mlp_modules(blocks[layer], layout)
+        _, _, down = mlp_modules(blocks[layer], layout, layer)
         width = linear_weight(down).shape[1]
         pool = config.pool_size(width)
         specs.append(LayerSpec(layer=layer, width=down_cls.mask_width(width, pool), pool=pool))

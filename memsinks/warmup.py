@@ -9,7 +9,8 @@ what is common to all sequences cancels across the pool, so the warm-up does not
 itself into the sinks.
 
 Progress is a buffer of the first sink layer (``sink_warmup_progress``), so it is saved in
-checkpoints and a resumed run does not warm up again. Zeroing is done by gradient hooks,
+checkpoints and a resumed run does not warm up again (stock transformers, loading such a
+checkpoint, reports this one scalar as an unexpected key and ignores it). Zeroing is done by gradient hooks,
 installed at the first training forward and removed when the warm-up ends; they work under
 gradient checkpointing, DDP and gradient accumulation alike. Under Adam the zeroed parameters'
 moments stay zero meanwhile, so their first steps after the warm-up are smaller than usual; an

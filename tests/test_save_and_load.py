@@ -81,3 +81,28 @@ def test_sharded_checkpoint_with_sinks_round_trips(tmp_path):
     x, ids = token_batch(), torch.tensor([1, 2, 3])
     with memsinks.sinks_mode(model, "own"), memsinks.sinks_mode(loaded, "own"):
         assert torch.equal(model(x, sequence_ids=ids).logits, loaded(x, sequence_ids=ids).logits)
+
+
+def test_the_routing_record_is_saved_beside_the_weights_and_never_shipped(tmp_path):
+    from safetensors import safe_open
+
+    cfg = memsinks.SinksConfig(p_gen=0.5, routing_seed=9, layers=[0])
+    model = memsinks.add_sinks(tiny_model("gpt2", layers=2), cfg)
+    model.save_pretrained(tmp_path / "ckpt")
+    record = json.loads((tmp_path / "ckpt" / "config.json").read_text())["memsinks_routing"]
+    assert record["fields"]["routing_seed"] == 9 and record["fields"]["layers"] == [0]
+    assert record["pool_sizes"] == {"0": 32}
+    assert not hasattr(model.config, "memsinks_routing")  # only written during the save
+    loaded = memsinks.from_pretrained(tmp_path / "ckpt")
+    assert not hasattr(loaded.config, "memsinks_routing")
+    memsinks.remove_sinks(loaded, prune=False).save_pretrained(tmp_path / "plain")
+    assert "memsinks_routing" not in json.loads((tmp_path / "plain" / "config.json").read_text())
+
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    memsinks.add_sinks(peft_model, memsinks.SinksConfig(placement="append", n_sink_units=8, routing_seed=2))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    with safe_open(str(tmp_path / "adapter" / "sinks.safetensors"), "pt") as f:
+        saved = json.loads(f.metadata()["memsinks_routing"])
+    assert saved["fields"]["routing_seed"] == 2 and saved["pool_sizes"] == {"0": 8, "1": 8}

@@ -254,8 +254,11 @@ def test_a_checkpoint_saved_by_parameter_name_is_rewritten_in_the_stock_layout(t
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)  # appended sinks start at zero: make them matter
     model.save_pretrained(tmp_path / "ckpt")
-    save_file({n: p.detach().clone().contiguous() for n, p in model.named_parameters()},
-              str(tmp_path / "ckpt" / "model.safetensors"))  # what a ZeRO-3 save writes
+    by_name = {n: p.detach().clone().contiguous() for n, p in model.named_parameters()}
+    by_name.update({f"{m}.{b}" if m else b: getattr(module, b).detach().clone()  # and its persistent buffers
+                    for m, module in model.named_modules() for b, _ in module.named_buffers(recurse=False)
+                    if b not in module._non_persistent_buffers_set})
+    save_file(by_name, str(tmp_path / "ckpt" / "model.safetensors"))  # what a ZeRO-3 save writes
     x, ids = torch.randint(1, 128, (2, 10)), torch.tensor([11, 12])
 
     def own_logits(m):
@@ -269,5 +272,6 @@ def test_a_checkpoint_saved_by_parameter_name_is_rewritten_in_the_stock_layout(t
     fresh = memsinks.add_sinks(tiny_model(family, seed=2), dataclasses.replace(sinks))
     restore_stock_layout(str(tmp_path / "ckpt"), fresh)
     _, info = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
+    # only the warm-up's progress (one scalar, for resuming) is foreign to stock transformers, which ignores it
+    assert not info["missing_keys"] and all(k.endswith(".sink_warmup_progress") for k in info["unexpected_keys"])
     assert torch.equal(own_logits(memsinks.from_pretrained(tmp_path / "ckpt")), own_logits(model))
