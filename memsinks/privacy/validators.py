@@ -143,7 +143,7 @@ def check_per_unit_gradients(model: nn.Module, clipper: PerUnitClipper, model_in
             ref = sum(row[i] for row in reference)
             scale = ref.abs().max().item() + 1e-8
             if not torch.allclose(p.summed_grad, ref, rtol=rtol, atol=rtol * scale):
-                bad.append(clipper.states[id(p)].name)
+                bad.append(clipper.name_of(p))
         if not bad and not torch.allclose(norms, ref_norms, rtol=rtol, atol=1e-7):
             bad.append("(per-row norms differ while sums agree: an input broadcast over the batch)")
     finally:
