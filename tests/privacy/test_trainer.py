@@ -1,14 +1,15 @@
-"""make_private on the stock Trainer: models train, the update is DP-SGD's, bad input fails early."""
+"""PrivateTrainer (memsinks.privacy.trainer): models train, the update is DP-SGD's, user subclasses keep their behaviour."""
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
+
+from transformers import Trainer
 
 import memsinks
 from memsinks.privacy.sampling import PHYSICAL_BATCHES
 from tests.conftest import tiny_model
-from tests.privacy_helpers import brute_force_unit_grads, no_dropout, pattern_dataset, stock_trainer
+from tests.privacy.helpers import brute_force_unit_grads, no_dropout, pattern_dataset, stock_trainer
 
 
 def _lora(model):
@@ -67,7 +68,7 @@ def test_noise_free_update_is_the_mean_of_clipped_unit_gradients(tmp_path, unit)
     c = 0.05
     trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(
         noise_multiplier=1.0, max_grad_norm=c, privacy_unit=unit, physical_batch_size=64, accountant="rdp"))
-    trainer._memsinks_privacy.noise_multiplier = 0.0
+    trainer.privacy.noise_multiplier = 0.0
     batch, _ = _first_logical_batch(trainer)
     if unit == "sequence_id":
         units = torch.unique(batch["sequence_ids"], return_inverse=True)[1]
@@ -97,7 +98,7 @@ def test_virtual_steps_and_gradient_accumulation_are_not_counted_twice(tmp_path)
                                 per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation)
         trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(
             noise_multiplier=1.0, max_grad_norm=0.1, physical_batch_size=physical, accountant="rdp"))
-        trainer._memsinks_privacy.noise_multiplier = 0.0
+        trainer.privacy.noise_multiplier = 0.0
         pieces = _first_logical_batch(trainer)[1]
         trainer.train()
         return model, pieces, trainer
@@ -106,78 +107,48 @@ def test_virtual_steps_and_gradient_accumulation_are_not_counted_twice(tmp_path)
     many, many_pieces, trainer = run(tmp_path / "b", 4, 4, None)  # expected 16 units, passes of at most 4 rows
     assert one_pieces == 1 and many_pieces >= 4
     assert trainer.args.gradient_accumulation_steps == 1 and trainer.args.max_grad_norm == 0
-    assert trainer._memsinks_privacy.sample_rate == 16 / 128
+    assert trainer.privacy.sample_rate == 16 / 128
     for (name, a), b in zip(one.named_parameters(), many.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_user_level_delta_defaults_to_one_over_ids(tmp_path):
-    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(60, users=20), tmp_path)
-    trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(
-        noise_multiplier=1.0, privacy_unit="sequence_id", physical_batch_size=16))
-    run = trainer._memsinks_privacy
-    assert run.units.num_units == 20 and run.delta == 1 / 20 and run.sample_rate == 8 / 20
+class _CountingTrainer(Trainer):
+    """A user's Trainer subclass with an override of its own."""
+
+    def log(self, logs, *args, **kwargs):
+        logs["user/seen"] = 1.0
+        super().log(logs, *args, **kwargs)
 
 
-# ------------------------------------------------------------------------- bad input
-def _tokens_only_collator(features):
-    """A user's own collator that keeps tokens and labels and nothing else."""
-    ids = torch.tensor([f["input_ids"] for f in features])
-    return {"input_ids": ids, "labels": ids.clone()}
+def test_make_private_returns_a_published_class_and_disarms_the_trainer_it_was_given(tmp_path):
+    from memsinks.privacy import PrivateTrainer, PrivateTrainerMixin, private_trainer_class
+
+    stock = stock_trainer(tiny_model("gpt2"), pattern_dataset(64), tmp_path / "stock", max_steps=1)
+    private = memsinks.make_private(stock, memsinks.PrivacyConfig(noise_multiplier=1.0, accountant="rdp"))
+    assert type(private) is PrivateTrainer and type(stock) is Trainer and private.model is stock.model
+    with pytest.raises(RuntimeError, match="train that one"):
+        stock.train()  # a script that ignored the return value must not train without privacy
+
+    user = _CountingTrainer(model=tiny_model("gpt2"), args=stock.args, train_dataset=pattern_dataset(64),
+                            data_collator=stock.data_collator)
+    user.args.output_dir = str(tmp_path / "user")
+    private = memsinks.make_private(user, memsinks.PrivacyConfig(noise_multiplier=1.0, accountant="rdp"))
+    assert type(private) is private_trainer_class(_CountingTrainer)
+    assert isinstance(private, _CountingTrainer) and isinstance(private, PrivateTrainerMixin)
+    private.train()
+    entry = next(h for h in private.state.log_history if "loss" in h)
+    assert entry["user/seen"] == 1.0 and "privacy/epsilon" in entry  # both overrides of log() ran
 
 
-def test_collator_that_drops_the_id_column_is_refused(tmp_path):
-    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(64, users=32), tmp_path,
-                            collator=_tokens_only_collator)
-    with pytest.raises(ValueError, match="data collator dropped the 'sequence_ids' column"):
-        memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0, privacy_unit="sequence_id",
-                                                              physical_batch_size=16))
-    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(64), tmp_path, collator=_tokens_only_collator)
-    memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0))  # fine per example
+def test_private_trainer_built_directly(tmp_path):
+    from transformers import TrainingArguments
 
+    from memsinks.privacy import PrivateTrainer
 
-def test_collator_without_labels_is_refused(tmp_path):
-    def no_labels(features):
-        return {"input_ids": torch.tensor([f["input_ids"] for f in features])}
-
-    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(64), tmp_path, collator=no_labels)
-    with pytest.raises(ValueError, match="returns no 'labels'"):
-        memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0))
-
-
-@pytest.mark.parametrize("setting, message", [
-    ({"fp16": True}, "fp16=True"),
-    ({"per_device_train_batch_size": 64}, "not smaller than the 64 examples"),
-    ({"label_smoothing_factor": 0.1}, "label_smoothing_factor"),
-])
-def test_trainer_settings_that_break_dp_are_refused(tmp_path, setting, message):
-    try:
-        trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(64), tmp_path, **setting)
-    except ValueError as err:  # a TrainingArguments check on this machine (fp16 needs a GPU)
-        pytest.skip(str(err))
-    with pytest.raises(ValueError, match=message):
-        memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0))
-
-
-def test_unit_larger_than_a_physical_batch_is_refused(tmp_path):
-    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(64, users=4), tmp_path, per_device_train_batch_size=2)
-    with pytest.raises(ValueError, match=r"One privacy unit has 16 rows but physical_batch_size is 2"):
-        memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0, privacy_unit="sequence_id"))
-
-
-def test_batch_norm_model_is_refused_before_training(tmp_path):
-    model = tiny_model("gpt2")
-    model.transformer.h[0].mlp.act = nn.BatchNorm1d(16)  # any BatchNorm anywhere
-    trainer = stock_trainer(model, pattern_dataset(64), tmp_path)
-    with pytest.raises(ValueError, match=r"transformer\.h\.0\.mlp\.act is a BatchNorm1d"):
-        memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0))
-
-
-def test_make_private_twice_and_wrong_types(tmp_path):
-    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(64), tmp_path)
-    with pytest.raises(TypeError, match="PrivacyConfig"):
-        memsinks.make_private(trainer, {"noise_multiplier": 1.0})
-    trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0))
-    assert type(trainer).__name__ == "PrivateTrainer"
-    with pytest.raises(ValueError, match="already private"):
-        memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0))
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=2, report_to=[],
+                             use_cpu=True, save_strategy="no", logging_steps=1, disable_tqdm=True)
+    trainer = PrivateTrainer(model=tiny_model("gpt2"), args=args, train_dataset=pattern_dataset(64),
+                             data_collator=memsinks.SinksDataCollator(require_ids=True),
+                             privacy_config=memsinks.PrivacyConfig(noise_multiplier=1.0, accountant="rdp"))
+    trainer.train()
+    assert trainer.privacy.ledger.steps == 2 and (tmp_path / "privacy_ledger.json").is_file()

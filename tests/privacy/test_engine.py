@@ -1,0 +1,81 @@
+"""make_private (memsinks.privacy.engine): defaults it derives, and bad input refused before any training step."""
+
+import pytest
+import torch
+from torch import nn
+
+import memsinks
+from tests.conftest import tiny_model
+from tests.privacy.helpers import pattern_dataset, stock_trainer
+
+
+def test_user_level_delta_defaults_to_one_over_ids(tmp_path):
+    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(60, users=20), tmp_path)
+    trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(
+        noise_multiplier=1.0, privacy_unit="sequence_id", physical_batch_size=16))
+    run = trainer.privacy
+    assert run.units.num_units == 20 and run.delta == 1 / 20 and run.sample_rate == 8 / 20
+
+
+# ------------------------------------------------------------------------- bad input
+def _tokens_only_collator(features):
+    """A user's own collator that keeps tokens and labels and nothing else."""
+    ids = torch.tensor([f["input_ids"] for f in features])
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+def test_collator_that_drops_the_id_column_is_refused(tmp_path):
+    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(64, users=32), tmp_path,
+                            collator=_tokens_only_collator)
+    with pytest.raises(ValueError, match="data collator dropped the 'sequence_ids' column"):
+        memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0, privacy_unit="sequence_id",
+                                                              physical_batch_size=16))
+    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(64), tmp_path, collator=_tokens_only_collator)
+    memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0))  # fine per example
+
+
+def test_collator_without_labels_is_refused(tmp_path):
+    def no_labels(features):
+        return {"input_ids": torch.tensor([f["input_ids"] for f in features])}
+
+    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(64), tmp_path, collator=no_labels)
+    with pytest.raises(ValueError, match="returns no 'labels'"):
+        memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0))
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"fp16": True}, "fp16=True"),
+    ({"per_device_train_batch_size": 64}, "not smaller than the 64 examples"),
+    ({"label_smoothing_factor": 0.1}, "label_smoothing_factor"),
+])
+def test_trainer_settings_that_break_dp_are_refused(tmp_path, setting, message):
+    try:
+        trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(64), tmp_path, **setting)
+    except ValueError as err:  # a TrainingArguments check on this machine (fp16 needs a GPU)
+        pytest.skip(str(err))
+    with pytest.raises(ValueError, match=message):
+        memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0))
+
+
+def test_unit_larger_than_a_physical_batch_is_refused(tmp_path):
+    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(64, users=4), tmp_path, per_device_train_batch_size=2)
+    with pytest.raises(ValueError, match=r"One privacy unit has 16 rows but physical_batch_size is 2"):
+        memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0, privacy_unit="sequence_id"))
+
+
+def test_batch_norm_model_is_refused_before_training(tmp_path):
+    model = tiny_model("gpt2")
+    model.transformer.h[0].mlp.act = nn.BatchNorm1d(16)  # any BatchNorm anywhere
+    trainer = stock_trainer(model, pattern_dataset(64), tmp_path)
+    with pytest.raises(ValueError, match=r"transformer\.h\.0\.mlp\.act is a BatchNorm1d"):
+        memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0))
+
+
+def test_make_private_twice_and_wrong_types(tmp_path):
+    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(64), tmp_path)
+    with pytest.raises(TypeError, match="PrivacyConfig"):
+        memsinks.make_private(trainer, {"noise_multiplier": 1.0})
+    trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0))
+    assert type(trainer).__name__ == "PrivateTrainer"
+    with pytest.raises(ValueError, match="already private"):
+        memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0))
