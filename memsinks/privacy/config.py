@@ -3,12 +3,14 @@
 Like ``SinksConfig`` (and peft's ``LoraConfig``), a small dataclass that checks every field
 when it is made, so that a wrong setting fails before any data is touched, and that
 ``save_pretrained`` writes as ``privacy_config.json`` into the output and checkpoint folders.
+Each field's meaning is its ``metadata["help"]``, the one place it is written (the recipe's
+``--help-config`` prints it).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from memsinks._saved_config import SavedConfig
@@ -25,47 +27,37 @@ def _is_number(value: Any) -> bool:
 
 @dataclass
 class PrivacyConfig(SavedConfig):
-    """DP-SGD settings: what is protected, how much noise, how gradients are clipped.
-
-    Attributes:
-        target_epsilon: the ε to reach at ``delta`` after the planned number of optimizer
-            steps; the noise multiplier is then calibrated to it, and training stops when
-            it is spent. Give exactly one of ``target_epsilon`` and ``noise_multiplier``.
-        noise_multiplier: σ, the standard deviation of the Gaussian noise added to the sum
-            of clipped gradients, in units of ``max_grad_norm``. ε is then reported as it
-            grows, with no stopping rule.
-        delta: the δ of the (ε, δ) guarantee; ``None`` means 1 / (number of privacy units
-            in the training set), i.e. 1 / examples or 1 / distinct sequence IDs.
-        max_grad_norm: C, the bound on the L2 norm of one privacy unit's gradient (over all
-            trainable parameters together) after clipping.
-        accountant: ``"prv"`` (Gopi et al. 2021, numerical composition, tight; default)
-            or ``"rdp"`` (Rényi DP, Mironov 2017; looser, faster).
-        clipping: how per-unit gradient norms are obtained. ``"hooks"`` materialises
-            each unit's gradient of each parameter (fastest; memory ~ units x parameters);
-            ``"ghost"`` computes the norms from layer inputs and output gradients without
-            materialising them (Li et al. 2022; memory ~ tokens x layer widths); ``"auto"``
-            (default) materialises unless that takes more than twice the memory of the
-            ghost factors for a parameter (input embeddings go ghost). All three give the
-            same clipped gradient and use one backward pass.
-        privacy_unit: ``"example"`` (each training row is one unit) or ``"sequence_id"``
-            (user-level: all rows sharing a ``sequence_ids`` value form one unit, which
-            is sampled, clipped and counted as a whole).
-        physical_batch_size: the most rows one forward/backward pass holds; a sampled
-            (logical) batch is processed in pieces of at most this many rows whose
-            clipped gradients are summed before the one noisy optimizer step. ``None``
-            means the Trainer's ``per_device_train_batch_size``.
-    """
+    """DP-SGD settings: what is protected, how much noise, how gradients are clipped (see each field's help)."""
 
     CONFIG_NAME = PRIVACY_CONFIG_NAME
 
-    target_epsilon: float | None = None
-    noise_multiplier: float | None = None
-    delta: float | None = None
-    max_grad_norm: float = 1.0
-    accountant: str = "prv"
-    clipping: str = "auto"
-    privacy_unit: str = "example"
-    physical_batch_size: int | None = None
+    target_epsilon: float | None = field(default=None, metadata={"help": (
+        "The ε to reach at `delta` after the planned number of optimizer steps: the noise multiplier is calibrated "
+        "to it, and training stops when it is spent. Give exactly one of target_epsilon and noise_multiplier.")})
+    noise_multiplier: float | None = field(default=None, metadata={"help": (
+        "σ: the standard deviation of the Gaussian noise added to the sum of clipped gradients, in units of "
+        "max_grad_norm. ε is then reported as it grows, with no stopping rule.")})
+    delta: float | None = field(default=None, metadata={"help": (
+        "The δ of the (ε, δ) guarantee. None: 1 / (number of privacy units in the training set), i.e. "
+        "1 / examples or 1 / distinct sequence IDs.")})
+    max_grad_norm: float = field(default=1.0, metadata={"help": (
+        "C: the bound on the L2 norm of one privacy unit's gradient (over all trainable parameters together) after "
+        "clipping.")})
+    accountant: str = field(default="prv", metadata={"help": (
+        "'prv' (Gopi et al. 2021, numerical composition of privacy loss distributions, tight) or 'rdp' (Rényi DP, "
+        "Mironov 2017; looser, faster).")})
+    clipping: str = field(default="auto", metadata={"help": (
+        "How per-unit gradient norms are obtained, all in one backward pass and to the same clipped gradient: "
+        "'hooks' materialises each unit's gradient of each parameter (fastest; memory ~ units x parameters); "
+        "'ghost' computes norms from layer inputs and output gradients (Li et al. 2022; memory ~ tokens x layer "
+        "widths); 'auto' materialises unless that takes more than twice the memory of the ghost factors.")})
+    privacy_unit: str = field(default="example", metadata={"help": (
+        "'example' (each training row is one unit) or 'sequence_id' (user-level: all rows sharing a sequence_ids "
+        "value form one unit, sampled, clipped and counted as a whole).")})
+    physical_batch_size: int | None = field(default=None, metadata={"help": (
+        "The most rows one forward/backward pass holds; a sampled (logical) batch is processed in pieces of at most "
+        "this many rows whose clipped gradients are summed before the one noisy step. None: the Trainer's "
+        "per_device_train_batch_size.")})
 
     def __post_init__(self) -> None:
         if (self.target_epsilon is None) == (self.noise_multiplier is None):
