@@ -102,7 +102,9 @@ class _ForwardWithSequenceIds:
                 "Sinks mode 'own' needs `sequence_ids` (LongTensor of shape (B,) or (B, T)); pass them to the "
                 "forward or to generate(), or use mode 'drop' / 'mean'."
             )
-        if model.training and not self.checked_trainable:
+        # a forward in which no parameter requires grad is not training the model through autograd (DP-SGD's
+        # clipper switches requires_grad off while it records): the check waits for one that is
+        if model.training and not self.checked_trainable and any(p.requires_grad for p in model.parameters()):
             self.checked_trainable = True
             _warn_if_sinks_frozen(model)
         weight = linear_weight(self.reference.base)

@@ -122,7 +122,7 @@ def _prepare_noise(config: PrivacyConfig, units, sample_rate: float, planned: in
 def _prepare_clipper(model, config: PrivacyConfig, inputs: ForwardInputs) -> PerUnitClipper:
     """The clipping hooks, checked on a synthetic batch; retried with per-row position_ids if the default broadcasts."""
     clipper = PerUnitClipper(model, config.max_grad_norm, config.clipping)
-    vocab = unwrap_model(model).get_input_embeddings().num_embeddings
+    vocab = unwrap_model(model).get_input_embeddings().weight.shape[0]
     try:
         try:
             check_per_unit_gradients(model, clipper, inputs, vocab)

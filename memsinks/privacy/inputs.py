@@ -1,9 +1,16 @@
-"""From a collated batch to the forward's arguments and the privacy unit of each row.
+"""From a collated batch to the forward's arguments, the targets of each row's loss, and each row's privacy unit.
 
 The private step calls the model itself (no labels: it computes each row's own loss), so it
 decides what the forward gets: only the arguments the forward accepts, the ``sequence_ids``
-only if the model takes them, ``use_cache=False``, and per-row ``position_ids`` where the
-model's default would broadcast a (1, T) tensor over the batch and hide per-row gradients.
+only if the model takes them, ``use_cache=False``, and per-row ``position_ids``.
+
+A row's gradient must not depend on the other rows of its batch, or one unit's clipped
+gradient would carry information about another (the sensitivity bound C would not hold).
+Padding is where that goes wrong: a left-padded row (Llama and Gemma tokenizers pad on the
+left) is shifted by as many positions as the longest row of its batch adds, and its first
+real token becomes a target predicted from a pad. So, whatever side the collator padded on,
+positions count real tokens only (``attention_mask.cumsum - 1``), and a target counts only
+if the token it is predicted from is real.
 """
 
 from __future__ import annotations
@@ -46,12 +53,46 @@ class ForwardInputs:
             kwargs = {k: v for k, v in kwargs.items() if k in self.accepted}
         if self.takes_ids and SEQUENCE_IDS in batch:
             kwargs[SEQUENCE_IDS] = batch[SEQUENCE_IDS]
-        if self.position_ids and "position_ids" not in kwargs:
-            rows, length = batch["input_ids"].shape[:2]
-            kwargs["position_ids"] = torch.arange(length, device=batch["input_ids"].device).expand(rows, length)
+        if "position_ids" not in kwargs:
+            positions = self._positions(batch)
+            if positions is not None:
+                kwargs["position_ids"] = positions
         if self.accepted is None or "use_cache" in self.accepted:
             kwargs["use_cache"] = False
         return kwargs
+
+    def _positions(self, batch: dict) -> torch.Tensor | None:
+        """(B, T) positions counting each row's real tokens; None where the model's default is right."""
+        input_ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        takes = self.accepted is None or "position_ids" in self.accepted
+        if mask is not None and _pads_before_tokens(mask):
+            if not takes:
+                raise ValueError(
+                    "The batch is padded on the left but the model's forward takes no position_ids, so each row's "
+                    "positions would depend on the longest row of its batch. Pad on the right "
+                    "(tokenizer.padding_side = 'right') for DP training.")
+            return (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if self.position_ids:
+            rows, length = input_ids.shape[:2]
+            return torch.arange(length, device=input_ids.device).expand(rows, length)
+        return None
+
+    @staticmethod
+    def labels(batch: dict) -> torch.Tensor:
+        """The batch's labels with every target predicted from a padding position masked (-100)."""
+        labels = batch["labels"]
+        mask = batch.get("attention_mask")
+        if mask is None:
+            return labels
+        labels = labels.clone()
+        labels[:, 1:][mask[:, :-1].to(labels.device) == 0] = -100
+        return labels
+
+
+def _pads_before_tokens(mask: torch.Tensor) -> bool:
+    """Whether some row has a masked position before a real one (left padding, or gaps)."""
+    return bool((mask[:, 1:] > mask[:, :-1]).any())
 
 
 def units_of(batch: dict, privacy_unit: str) -> tuple[torch.Tensor, int]:

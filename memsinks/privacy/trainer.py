@@ -150,7 +150,7 @@ class PrivateTrainerMixin:
             with run.clipper.capture(index, units):
                 with self.compute_loss_context_manager():
                     logits = model(**run.inputs(piece)).logits
-                loss_sum = (causal_lm_row_losses(logits, piece["labels"]) * weights).sum()
+                loss_sum = (causal_lm_row_losses(logits, run.inputs.labels(piece)) * weights).sum()
                 if loss_sum.requires_grad:
                     loss_sum.backward()
                 del logits

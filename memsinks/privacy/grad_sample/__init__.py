@@ -2,7 +2,7 @@
 
 - ``factors``: the two shapes a per-row gradient takes (outer-product factors, dense);
 - ``registry``: ``Handler``, ``register_handler`` (by module type, looked up along the MRO);
-- ``linear``, ``embedding``, ``norm``, ``functorch``, ``sinks``: one handler per layer type
+- ``linear``, ``embedding``, ``norm``, ``lora``, ``functorch``, ``sinks``: one handler per layer type
   (``functorch`` is the fallback for any other module with parameters of its own);
 - ``units``: which privacy unit each row belongs to;
 - ``gram``: ghost norms and clipped sums from factors;
@@ -12,7 +12,7 @@ To support a new layer type, write a ``Handler`` subclass in a module of its own
 with ``@register_handler(MyLayer)`` and import that module here.
 """
 
-from memsinks.privacy.grad_sample import embedding, functorch, linear, norm, sinks  # noqa: F401  (registration)
+from memsinks.privacy.grad_sample import embedding, functorch, linear, lora, norm, sinks  # noqa: F401 (registration)
 from memsinks.privacy.grad_sample.clipper import AUTO_MEMORY_RATIO, CLIP_EPS, CLIPPING_MODES, PerUnitClipper
 from memsinks.privacy.grad_sample.registry import Handler, handler_for, register_handler, register_handler_if
 

@@ -186,7 +186,10 @@ class PerUnitClipper:
             owned = handler.owned(module)
             if not owned:
                 continue
-            handler.validate(module)
+            try:
+                handler.validate(module)
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
             owner = Owner(name, module, handler, owned)
             self.owners.append(owner)
             for pname, p in owned.items():
