@@ -8,9 +8,10 @@ The package is split by concept, as Opacus is:
 - ``trainer``: ``PrivateTrainer`` (and ``PrivateTrainerMixin`` for a Trainer subclass of your own);
 - ``run``: ``PrivateRun``, what ``make_private`` fixed, connected to the ledger;
 - ``dataset``, ``sampling``: the training set as privacy units; their Poisson sampling and the loader;
+- ``randomness``: where sampling and noise come from (the OS's entropy, never a checkpoint);
 - ``inputs``, ``loss``: a batch as the forward's arguments; each row's own loss;
 - ``grad_sample``: per-unit gradient norms and clipped sums in one backward pass;
-- ``optimizer``: Opacus's noisy step on those sums;
+- ``optimizer``: Opacus's noisy step on those sums (the noise added once, also under DDP);
 - ``accounting``, ``ledger``: ε from the accountant history; the history on disk, resume and budget;
 - ``validators``: the checks ``make_private`` runs before training.
 

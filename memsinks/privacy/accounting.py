@@ -26,7 +26,11 @@ def make_accountant(name: str, history: list[tuple[float, float, int]] | None = 
 
 
 def epsilon_of(name: str, history: list[tuple[float, float, int]], delta: float) -> float:
-    """ε at ``delta`` after ``history``; 0 before any step, ∞ if any step had no noise."""
+    """ε at ``delta`` after ``history``; 0 before any step, ∞ if any step had no noise.
+
+    Never negative: where the privacy loss is so small that the PRV accountant's numerical
+    upper bound falls below zero, (0, δ)-DP holds and 0 is reported. A NaN is an error.
+    """
     history = [h for h in history if h[2] > 0]
     if not history:
         return 0.0
@@ -34,8 +38,12 @@ def epsilon_of(name: str, history: list[tuple[float, float, int]], delta: float)
         return math.inf
     accountant = make_accountant(name, history)
     if name == "prv":
-        return float(accountant.get_epsilon(delta=delta, eps_error=EPS_ERROR))
-    return float(accountant.get_epsilon(delta=delta))
+        eps = float(accountant.get_epsilon(delta=delta, eps_error=EPS_ERROR))
+    else:
+        eps = float(accountant.get_epsilon(delta=delta))
+    if math.isnan(eps):
+        raise ValueError(f"The {name} accountant gave no ε for history {history} at delta={delta}.")
+    return max(eps, 0.0)
 
 
 def with_steps(history: list, noise_multiplier: float, sample_rate: float, steps: int) -> list:
@@ -64,6 +72,17 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
         "(per_device_train_batch_size x gradient_accumulation_steps) relative to the data, or give "
         "noise_multiplier instead of target_epsilon."
     )
+    if accountant == "prv" and target_epsilon <= EPS_ERROR:
+        raise ValueError(
+            f"target_epsilon={target_epsilon} at delta={delta:.3g} cannot be reached with the PRV accountant: its "
+            f"bounds on ε are computed to within {EPS_ERROR}, so a target at or below that cannot be certified. Use "
+            "accountant='rdp', or raise target_epsilon.")
+    if epsilon_of(accountant, [(MAX_NOISE_MULTIPLIER, sample_rate, steps)], delta) > target_epsilon:
+        raise ValueError(
+            f"target_epsilon={target_epsilon} at delta={delta:.3g} over {steps} steps at sampling rate "
+            f"{sample_rate:.4g} needs a noise multiplier of {MAX_NOISE_MULTIPLIER:.0f} or more: the noise would drown "
+            f"the gradient (at least {MAX_NOISE_MULTIPLIER:.0f}x a unit's clipped gradient per step). {hint}"
+        )
     try:
         sigma = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
                                      steps=steps, accountant=accountant, epsilon_tolerance=0.01, **kwargs)
@@ -90,7 +109,8 @@ def steps_within_budget(accountant: str, history: list, noise_multiplier: float,
     """
 
     def fits(n: int) -> bool:
-        return n == 0 or epsilon_of(accountant, with_steps(history, noise_multiplier, sample_rate, n), delta) <= target_epsilon
+        spent = with_steps(history, noise_multiplier, sample_rate, n)
+        return n == 0 or epsilon_of(accountant, spent, delta) <= target_epsilon
 
     low = max(0, int(guess))
     if not fits(low):

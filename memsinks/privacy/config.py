@@ -38,8 +38,9 @@ class PrivacyConfig(SavedConfig):
         "σ: the standard deviation of the Gaussian noise added to the sum of clipped gradients, in units of "
         "max_grad_norm. ε is then reported as it grows, with no stopping rule.")})
     delta: float | None = field(default=None, metadata={"help": (
-        "The δ of the (ε, δ) guarantee. None: 1 / (number of privacy units in the training set), i.e. "
-        "1 / examples or 1 / distinct sequence IDs.")})
+        "The δ of the (ε, δ) guarantee. None: 0.01 / N for N privacy units (examples or distinct sequence IDs), so "
+        "that the mechanism publishing each unit with probability δ exposes nobody with probability 99%. A δ of "
+        "1 / N or more is refused unless allow_large_delta is set.")})
     max_grad_norm: float = field(default=1.0, metadata={"help": (
         "C: the bound on the L2 norm of one privacy unit's gradient (over all trainable parameters together) after "
         "clipping.")})
@@ -54,6 +55,13 @@ class PrivacyConfig(SavedConfig):
     privacy_unit: str = field(default="example", metadata={"help": (
         "'example' (each training row is one unit) or 'sequence_id' (user-level: all rows sharing a sequence_ids "
         "value form one unit, sampled, clipped and counted as a whole).")})
+    reproducible: bool = field(default=False, metadata={"help": (
+        "Derive the Poisson sampling and the noise from TrainingArguments.seed, so that runs (and resumed runs) "
+        "repeat exactly. INSECURE: anyone who knows the seed knows the draws, and the run is not private; for "
+        "debugging and tests. By default both come from the operating system's entropy, never stored.")})
+    allow_large_delta: bool = field(default=False, metadata={"help": (
+        "Accept a delta of 1 / (number of units) or more, which a mechanism publishing one unit's data outright "
+        "would meet.")})
     physical_batch_size: int | None = field(default=None, metadata={"help": (
         "The most rows one forward/backward pass holds; a sampled (logical) batch is processed in pieces of at most "
         "this many rows whose clipped gradients are summed before the one noisy step. None: the Trainer's "
@@ -69,7 +77,8 @@ class PrivacyConfig(SavedConfig):
             )
         if self.target_epsilon is not None:
             if not _is_number(self.target_epsilon) or not 0 < self.target_epsilon < math.inf:
-                raise ValueError(f"PrivacyConfig.target_epsilon must be a finite number > 0; got {self.target_epsilon!r}.")
+                raise ValueError(
+                    f"PrivacyConfig.target_epsilon must be a finite number > 0; got {self.target_epsilon!r}.")
             self.target_epsilon = float(self.target_epsilon)
         if self.noise_multiplier is not None:
             if not _is_number(self.noise_multiplier) or not 0 < self.noise_multiplier < math.inf:
@@ -81,13 +90,16 @@ class PrivacyConfig(SavedConfig):
         if self.delta is not None:
             if not _is_number(self.delta) or not 0 < self.delta < 1:
                 raise ValueError(
-                    f"PrivacyConfig.delta must be in (0, 1), typically below 1 / (number of privacy units); got "
-                    f"{self.delta!r}. Leave it None for 1 / (number of units)."
+                    f"PrivacyConfig.delta must be in (0, 1), well below 1 / (number of privacy units); got "
+                    f"{self.delta!r}. Leave it None for 0.01 / (number of units)."
                 )
             self.delta = float(self.delta)
         if not _is_number(self.max_grad_norm) or not 0 < self.max_grad_norm < math.inf:
             raise ValueError(f"PrivacyConfig.max_grad_norm must be a finite number > 0; got {self.max_grad_norm!r}.")
         self.max_grad_norm = float(self.max_grad_norm)
+        for name in ("reproducible", "allow_large_delta"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"PrivacyConfig.{name} must be True or False; got {getattr(self, name)!r}.")
         _check_choice("accountant", self.accountant, ACCOUNTANTS)
         _check_choice("clipping", self.clipping, CLIPPING_MODES)
         _check_choice("privacy_unit", self.privacy_unit, PRIVACY_UNITS)

@@ -27,7 +27,8 @@ def training_dataset(trainer):
         return dataset
     inner = unwrap_model(trainer.model)
     keep = set(inspect.signature(inner.forward).parameters) | set(LABEL_COLUMNS)
-    keep |= set(trainer.args.label_names or []) | {SEQUENCE_IDS}  # the private step removes IDs the forward does not take
+    # the IDs are kept: the private step removes them itself when the forward does not take them
+    keep |= set(trainer.args.label_names or []) | {SEQUENCE_IDS}
     drop = [c for c in dataset.column_names if c not in keep]
     return dataset.remove_columns(drop) if drop else dataset
 
@@ -63,6 +64,11 @@ def _row_ids(dataset) -> np.ndarray:
                 raise ValueError(f"Row {i} has per-token sequence IDs {sorted(distinct)[:5]}; user-level DP needs "
                                  "exactly one ID per row.")
             v = distinct.pop()
+        if int(v) == 0:
+            raise ValueError(
+                f"Row {i} has sequence ID 0, which means 'no ID' (padding), so it would be merged with every other "
+                "row without one into a single privacy unit. Give every row the ID of its user or document: "
+                "memsinks.assign_sequence_ids(dataset, from_column='user_id') assigns nonzero IDs.")
         out[i] = int(v)
     return out
 

@@ -76,7 +76,8 @@ def prepare(trainer: Trainer, config: PrivacyConfig) -> PrivateRun:
     check_collator(trainer.data_collator, sample, config.privacy_unit, inputs.takes_ids)
     clipper = _prepare_clipper(trainer.model, config, inputs)
     run = PrivateRun(config=config, clipper=clipper, units=units, dataset=dataset, delta=delta,
-                     noise_multiplier=sigma, inputs=inputs, **sampling)
+                     noise_multiplier=sigma, inputs=inputs, seed=trainer.args.seed, **sampling)
+    run.randomness = run.new_randomness()  # a loader made before train() draws as training will (if reproducible)
     _prepare_trainer(trainer, run)
     return run
 
@@ -87,13 +88,14 @@ def _prepare_units(trainer: Trainer, config: PrivacyConfig):
 
 
 def _prepare_sampling(args, config: PrivacyConfig, units) -> dict:
-    """Expected batch (units per step), physical batch (rows per pass), sampling rate and steps."""
-    expected = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    """Expected batch (units per step, all processes), physical batch (rows per pass), sampling rate and steps."""
+    expected = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     physical = config.physical_batch_size or args.per_device_train_batch_size
     what = "examples" if config.privacy_unit == "example" else "distinct sequence IDs"
     if units.num_units <= expected:
         raise ValueError(
-            f"The expected batch ({expected} = per_device_train_batch_size x gradient_accumulation_steps) is not "
+            f"The expected batch ({expected} = per_device_train_batch_size x gradient_accumulation_steps x "
+            f"{args.world_size} process(es)) is not "
             f"smaller than the {units.num_units} {what} in the training set: every unit would be in every batch "
             "(sampling rate 1). Use a smaller batch or more data.")
     largest = int(units.sizes.max())
@@ -108,12 +110,30 @@ def _prepare_sampling(args, config: PrivacyConfig, units) -> dict:
             "sample_rate": expected / units.num_units, "steps_per_epoch": steps_per_epoch, "planned_steps": planned}
 
 
+def default_delta(num_units: int) -> float:
+    """δ when none is given: 0.01 / N for N privacy units.
+
+    The mechanism that publishes each unit's data outright with probability δ is (0, δ)-DP and
+    exposes δ N units on average, which is why δ must be well below 1 / N (Dwork & Roth 2014,
+    "The Algorithmic Foundations of Differential Privacy", section 2.3). At 0.01 / N that
+    mechanism exposes nobody with probability 99%, whatever N is; rules such as 1 / N^1.1 or
+    1 / (N ln N) leave δ N close to 1 for the few hundred users of a user-level fine-tune.
+    """
+    return 0.01 / num_units
+
+
 def _prepare_noise(config: PrivacyConfig, units, sample_rate: float, planned: int) -> tuple[float, float]:
-    """δ (given, or the default rule) and σ (given, or calibrated to the target ε over the planned steps)."""
-    delta = config.delta if config.delta is not None else 1.0 / units.num_units
-    if config.delta is not None and config.delta > 1.0 / units.num_units:
-        logger.warning("delta=%.3g is above 1/(number of units)=%.3g: a mechanism that publishes one unit's data "
-                       "outright would meet it. Prefer delta < 1/N.", config.delta, 1.0 / units.num_units)
+    """δ (given, or ``default_delta``) and σ (given, or calibrated to the target ε over the planned steps)."""
+    n = units.num_units
+    delta = config.delta if config.delta is not None else default_delta(n)
+    if delta >= 1.0 / n:
+        if not config.allow_large_delta:
+            raise ValueError(
+                f"delta={delta:.3g} is not below 1 / (number of units) = 1/{n}: a mechanism that publishes one unit's "
+                f"data outright would meet it. Leave delta unset for the default 0.01/N = {default_delta(n):.3g}, or "
+                "set PrivacyConfig(allow_large_delta=True) if you really mean it.")
+        logger.warning("delta=%.3g is not below 1/(number of units)=%.3g: a mechanism that publishes one unit's data "
+                       "outright would meet it (allow_large_delta=True).", delta, 1.0 / n)
     if config.noise_multiplier is not None:
         return delta, config.noise_multiplier
     return delta, calibrate_noise(config.target_epsilon, delta, sample_rate, planned, config.accountant)

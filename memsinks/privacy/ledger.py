@@ -21,13 +21,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from memsinks.privacy.accounting import epsilon_of, steps_within_budget, with_steps
+from memsinks.privacy.accounting import calibrate_noise, epsilon_of, steps_within_budget, with_steps
 
 logger = logging.getLogger("memsinks")
 
 LEDGER_NAME = "privacy_ledger.json"
 ACCOUNTANTS = ("prv", "rdp")
-#: what a resumed run must share with the ledger it continues, or ε would mean something else
+#: what a resumed run must share with the ledger it continues, or ε would mean something else (σ and q are
+#: checked against every step of the history)
 IDENTITY = ("privacy_unit", "num_units")
 _OWN_KEYS = ("memsinks_version", "accountant", "delta", "steps", "history", "epsilon", "epsilon_is_infinite")
 
@@ -84,9 +85,21 @@ class PrivacyLedger:
     def load_state_dict(self, state: Mapping[str, Any], source: str = "the ledger") -> None:
         """Take the history of ``state`` after checking that it is a ledger of this run.
 
-        Raises ValueError, naming ``source`` and what differs, if ``state`` is malformed or was
-        written by a run whose ε means something else (accountant, δ, privacy unit, units).
+        This ledger's own settings are the run's: ``accountant``, ``delta`` and, in ``info``,
+        the privacy unit, the number of units, the sampling rate and either the noise
+        multiplier or the target ε with the planned steps it was calibrated for. Raises
+        ValueError, naming ``source`` and what differs, if ``state`` is malformed or records
+        steps this run's configuration could not have taken; nothing is taken then.
         """
+        sigma = self.check(state, source)
+        recorded = {k: v for k, v in state.items() if k not in _OWN_KEYS}
+        self.history = [tuple(h) for h in state["history"]]
+        self.info = {**recorded, **self.info, "noise_multiplier": sigma,
+                     "planned_steps": state.get("planned_steps", self.info.get("planned_steps"))}
+        self._epsilon_cache = None
+
+    def check(self, state: Mapping[str, Any], source: str = "the ledger") -> float:
+        """``load_state_dict``'s checks without taking anything; returns the noise multiplier ``state`` continues."""
         _check_structure(state, source)
         differences = [f"{key}: ledger {state.get(key)!r}, now {self.info.get(key)!r}"
                        for key in IDENTITY if key in self.info and state.get(key) != self.info[key]]
@@ -97,10 +110,41 @@ class PrivacyLedger:
         if differences:
             raise ValueError(f"The resumed run's privacy settings differ from {source}, the ledger it continues ("
                              + "; ".join(differences) + "). Resume with the same data and PrivacyConfig.")
-        recorded = {k: v for k, v in state.items() if k not in _OWN_KEYS}
-        self.history = [tuple(h) for h in state["history"]]
-        self.info = {**recorded, **self.info}
-        self._epsilon_cache = None
+        sigma, rate = self._noise_multiplier_for(state), self.info["sample_rate"]
+        for recorded_sigma, recorded_rate, _ in state["history"]:
+            if not math.isclose(recorded_sigma, sigma, rel_tol=1e-9):
+                raise ValueError(
+                    f"{source} records steps with noise multiplier {recorded_sigma:g} where this run's configuration "
+                    f"gives {sigma:g} (this run's {_sigma_origin(self.info)}). A ledger that does not match the run "
+                    "cannot be continued: its ε would be wrong. Resume with the PrivacyConfig and TrainingArguments "
+                    "of the run that wrote it, from an untouched ledger.")
+            if not math.isclose(recorded_rate, rate, rel_tol=1e-9):
+                raise ValueError(
+                    f"{source} records steps at sampling rate {recorded_rate:g} where this run's is {rate:g} "
+                    f"(= expected batch {self.info.get('expected_batch_size')} / {self.info.get('num_units')} units). "
+                    "Resume with the same global batch (per_device_train_batch_size x gradient_accumulation_steps x "
+                    "processes) and data, from an untouched ledger.")
+        if isinstance(state.get("noise_multiplier"), (int, float)) and not math.isclose(state["noise_multiplier"],
+                                                                                         sigma, rel_tol=1e-9):
+            raise ValueError(f"{source} says its noise multiplier is {state['noise_multiplier']:g} where this run's "
+                             f"configuration gives {sigma:g} (this run's {_sigma_origin(self.info)}); resume from an "
+                             "untouched ledger with the run's own settings.")
+        return sigma
+
+    def _noise_multiplier_for(self, state: Mapping[str, Any]) -> float:
+        """The σ this run's configuration gives for the run that wrote ``state``.
+
+        A fixed noise multiplier is the run's; a target ε gives the σ calibrated for the steps
+        the ledger's run planned (recorded in it), so a resumed run may plan a different
+        number of steps and still continue the noise its ledger was spent at.
+        """
+        target = self.info.get("target_epsilon")
+        if target is None:
+            return float(self.info["noise_multiplier"])
+        planned = state.get("planned_steps", self.info.get("planned_steps"))
+        if planned == self.info.get("planned_steps"):
+            return float(self.info["noise_multiplier"])
+        return calibrate_noise(target, self.delta, self.info["sample_rate"], int(planned), self.accountant)
 
     def save(self, path: str, with_epsilon: bool = False) -> str:
         """Write the ledger to ``path`` atomically and durably (temp file, fsync, rename)."""
@@ -123,20 +167,24 @@ class PrivacyLedger:
         if existing is not None and existing["steps"] > 0:
             eps = epsilon_of(existing["accountant"], existing["history"], existing["delta"])
             raise ValueError(
-                f"{path} records {existing['steps']} private steps of an earlier run (ε={eps:.3g}) on this output_dir. "
-                "Starting afresh would reset ε. Resume that run with trainer.train(resume_from_checkpoint=True), or, "
-                "to start a new run with its own accounting, use another output_dir (or delete that file knowing the "
-                "earlier spending still counts)."
+                f"{path} records {existing['steps']} private steps of an earlier run (ε={eps:.3g}) on this "
+                "output_dir. Starting afresh would reset ε. Resume that run with "
+                "trainer.train(resume_from_checkpoint=True), or, to start a new run with its own accounting, use "
+                "another output_dir (or delete that file knowing the earlier spending still counts)."
             )
         self.history = []
         self.path = path
-        self.save(path)
 
-    def resume(self, output_dir: str, checkpoint: str) -> dict[str, Any]:
-        """Continue the ledger a resumed run left (never a reset) and write it to ``output_dir``.
+    def resume(self, output_dir: str, checkpoint: str) -> None:
+        """Continue the ledger of the run ``checkpoint`` belongs to (never a reset), to be written to ``output_dir``.
 
-        The checkpoint's ledger is taken, or the output folder's if that one continues it with
-        steps taken after the checkpoint (they stay counted). Returns the state taken.
+        Candidates are the checkpoint's ledger, the ledger of the folder the checkpoint lies in
+        (its run may have gone on after the checkpoint) and ``output_dir``'s. Every one is
+        validated (``load_state_dict``) and must continue the checkpoint's; the longest is taken,
+        so steps taken after the checkpoint, by the interrupted run or by another run resumed
+        from it elsewhere, stay counted: a branch carries the whole spending along. A ledger
+        with fewer steps than the checkpoint's ``global_step`` is refused. Nothing is written
+        here: the caller saves the ledger once everything (the budget too) checks out.
         """
         path = os.path.join(output_dir, LEDGER_NAME)
         saved_path = os.path.join(checkpoint, LEDGER_NAME)
@@ -146,21 +194,44 @@ class PrivacyLedger:
                 "privacy spending is unknown. Resume private training only from checkpoints of a private run."
             )
         saved = read_ledger(saved_path)
-        state, source = saved, saved_path
-        if os.path.isfile(path):
-            existing = read_ledger(path)
-            if not _extends(existing["history"], saved["history"]):
-                raise ValueError(f"{path} and {saved_path} record different runs; resume into the run's own output_dir.")
-            if existing["steps"] > saved["steps"]:
-                logger.warning(
-                    "The run resumed from %s had taken %d more private steps after that checkpoint before it stopped; "
-                    "they stay counted in ε (%d steps in all).", checkpoint, existing["steps"] - saved["steps"],
-                    existing["steps"])
-            state, source = existing, path
-        self.load_state_dict(state, source)
+        trained = _global_step(checkpoint)
+        if saved["steps"] < trained:
+            raise ValueError(
+                f"{saved_path} records {saved['steps']} private steps but the checkpoint is at step {trained}: the "
+                "ledger was emptied or edited, so the privacy already spent on this model is unknown. Resume only "
+                "from an untouched checkpoint of a private run.")
+        self.check(saved, saved_path)
+        chosen, source = saved, saved_path
+        parent = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), LEDGER_NAME)
+        for candidate in dict.fromkeys([parent, os.path.abspath(path)]):
+            if candidate == os.path.abspath(saved_path) or not os.path.isfile(candidate):
+                continue
+            state = read_ledger(candidate)
+            if not _extends(state["history"], saved["history"]):
+                if candidate == os.path.abspath(path):
+                    raise ValueError(f"{path} and {saved_path} record different runs; resume into the run's own "
+                                     "output_dir or into a new one.")
+                continue
+            self.check(state, candidate)
+            if state["steps"] > chosen["steps"]:
+                chosen, source = state, candidate
+        if chosen["steps"] > saved["steps"]:
+            logger.warning(
+                "%d more private steps after that checkpoint (%s) were taken on this data, as %s records; they stay "
+                "counted in ε (%d steps in all).", chosen["steps"] - saved["steps"], checkpoint, source,
+                chosen["steps"])
+        self.load_state_dict(chosen, source)
         self.path = path
-        self.save(path)
-        return state
+
+    def continue_in(self, output_dir: str) -> None:
+        """Keep this ledger for another ``train()`` of the same trainer, written to ``output_dir``."""
+        path = os.path.join(output_dir, LEDGER_NAME)
+        if os.path.isfile(path) and os.path.abspath(path) != os.path.abspath(self.path or ""):
+            existing = read_ledger(path)
+            if existing["steps"] > 0 and not _extends(self.history, existing["history"]):
+                raise ValueError(f"{path} records another run's {existing['steps']} private steps; train this "
+                                 "trainer into its own output_dir.")
+        self.path = path
 
     def steps_within(self, target_epsilon: float, noise_multiplier: float, sample_rate: float, guess: int) -> int:
         """How many steps in all (taken and still to take at ``noise_multiplier``, ``sample_rate``) keep
@@ -169,8 +240,8 @@ class PrivacyLedger:
                                    target_epsilon, guess=guess)
         if more == 0:
             raise ValueError(
-                f"The privacy budget is spent: {self.steps} steps so far give ε={self.epsilon():.4g} and one more step "
-                f"would exceed target_epsilon={target_epsilon}. There is nothing left to train on.")
+                f"The privacy budget is spent: {self.steps} steps so far give ε={self.epsilon():.4g} and one more "
+                f"step would exceed target_epsilon={target_epsilon}. There is nothing left to train on.")
         return self.steps + more
 
 
@@ -203,6 +274,21 @@ def _check_structure(state: Any, source: str) -> None:
     if problem:
         raise ValueError(f"{source} is not a valid privacy ledger: {problem}. Its privacy spending is unknown; resume "
                          "only from an untouched ledger written by memsinks.")
+
+
+def _sigma_origin(info: Mapping[str, Any]) -> str:
+    if info.get("target_epsilon") is None:
+        return f"noise_multiplier={info.get('noise_multiplier')}"
+    return f"target_epsilon={info['target_epsilon']} calibrated over {info.get('planned_steps')} planned steps"
+
+
+def _global_step(checkpoint: str) -> int:
+    """The optimizer steps the checkpoint's model had taken (``trainer_state.json``), 0 if it does not say."""
+    path = os.path.join(checkpoint, "trainer_state.json")
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        return int(json.load(f).get("global_step", 0))
 
 
 def _is_number(x: Any) -> bool:

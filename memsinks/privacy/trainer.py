@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from transformers import Trainer, TrainerCallback
 
 from memsinks.data import SEQUENCE_IDS
@@ -98,11 +99,14 @@ class PrivateTrainerMixin:
         if resume_from_checkpoint is False:
             resume_from_checkpoint = None
         run = self.privacy
-        run.open_ledger(self.args.output_dir, resume_from_checkpoint)
-        run.set_budget()
-        run.stop_logged = False
-        if isinstance(self.optimizer, PrivateOptimizer):
-            self.optimizer.noise_multiplier = run.noise_multiplier
+        run.begin_training(self.args.output_dir, resume_from_checkpoint, is_main=self.args.process_index == 0)
+        if run.config.reproducible:
+            logger.warning("PrivacyConfig(reproducible=True): sampling and noise are derived from "
+                           "TrainingArguments.seed=%d, so anyone who knows the seed knows them; the run is not "
+                           "private. Use it for debugging only.", run.seed)
+        optimizer = _private_optimizer_in(self.optimizer)
+        if optimizer is not None:  # a second train() of this trainer: the same optimizer, this run's settings
+            optimizer.noise_multiplier, optimizer.randomness = run.noise_multiplier, run.randomness
         logger.info(
             "DP training: %s-level, sampling rate %.4g (expected %d units per step of %d), noise multiplier %.4g, "
             "C=%g, δ=%.3g, %s accountant; %d steps taken so far%s.", run.config.privacy_unit, run.sample_rate,
@@ -117,30 +121,39 @@ class PrivateTrainerMixin:
         args = self.args
         return PrivateDataLoader(
             run.dataset, self.data_collator, run.units, run.sample_rate, run.steps_per_epoch,
-            run.physical_batch_size, seed=args.seed, num_workers=args.dataloader_num_workers,
+            run.physical_batch_size, run.randomness, rank=args.process_index, world_size=args.world_size,
+            num_workers=args.dataloader_num_workers,
             pin_memory=args.dataloader_pin_memory and torch.cuda.is_available(),
         )
 
     def create_optimizer(self, model=None):
+        existing = _private_optimizer_in(self.optimizer)
+        if existing is not None:  # a second train(): unwrap what accelerate wrapped, never wrap twice
+            self.optimizer = existing
+            existing.clear()
+            return existing
         super().create_optimizer(model)
         run = self.privacy
-        if not isinstance(self.optimizer, PrivateOptimizer):
-            optimized = {id(p) for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad}
-            clipped = {id(p) for p in run.clipper.params}
-            if optimized != clipped:
-                raise ValueError(
-                    f"The optimizer updates {len(optimized)} trainable tensors but {len(clipped)} get per-example "
-                    "clipping; change requires_grad before make_private, not after.")
-            self.optimizer = PrivateOptimizer(self.optimizer, noise_multiplier=run.noise_multiplier,
-                                              max_grad_norm=run.config.max_grad_norm,
-                                              expected_batch_size=run.expected_batch_size)
-            self.optimizer.attach_step_hook(run.on_optimizer_step)
+        optimized = {id(p) for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad}
+        clipped = {id(p) for p in run.clipper.params}
+        if optimized != clipped:
+            raise ValueError(
+                f"The optimizer updates {len(optimized)} trainable tensors but {len(clipped)} get per-example "
+                "clipping; change requires_grad before make_private, not after.")
+        self.optimizer = PrivateOptimizer(self.optimizer, noise_multiplier=run.noise_multiplier,
+                                          max_grad_norm=run.config.max_grad_norm,
+                                          expected_batch_size=run.expected_batch_size, randomness=run.randomness,
+                                          step_index=lambda: run.ledger.steps)
+        self.optimizer.attach_step_hook(run.on_optimizer_step)
         return self.optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """One logical batch: per physical batch, per-row losses -> backward with hooks -> clip and sum."""
         run = self.privacy
         model.train()
+        # under DDP, around the wrapper: its gradient hooks never fire (the parameters do not require grad while
+        # the clipper records) and the clipped sums are added up across ranks by the optimizer instead
+        forward = model.module if isinstance(model, DistributedDataParallel) else model
         total = torch.zeros((), device=self.args.device)
         units_seen = 0
         for piece in inputs[PHYSICAL_BATCHES]:
@@ -149,7 +162,7 @@ class PrivateTrainerMixin:
             weights = 1.0 / torch.bincount(index, minlength=units).to(torch.float32)[index]
             with run.clipper.capture(index, units):
                 with self.compute_loss_context_manager():
-                    logits = model(**run.inputs(piece)).logits
+                    logits = forward(**run.inputs(piece)).logits
                 loss_sum = (causal_lm_row_losses(logits, run.inputs.labels(piece)) * weights).sum()
                 if loss_sum.requires_grad:
                     loss_sum.backward()
@@ -184,9 +197,21 @@ class PrivateTrainerMixin:
         return sum(super(PrivateTrainerMixin, self).floating_point_ops(p) for p in inputs[PHYSICAL_BATCHES])
 
     def _track_num_input_tokens(self, inputs) -> None:
-        # private Trainer method overridden: a logical batch holds physical batches, each counted
-        for piece in inputs[PHYSICAL_BATCHES]:
-            super()._track_num_input_tokens(piece)
+        # private Trainer method overridden: a logical batch holds physical batches (as many as this rank's share
+        # needs); they are counted together, so every rank makes the one gather the stock method makes
+        pieces = inputs[PHYSICAL_BATCHES]
+        main = getattr(self.model, "main_input_name", "input_ids")
+        flat = {main: torch.cat([p[main].reshape(-1) for p in pieces]) if pieces else torch.zeros(0, dtype=torch.long)}
+        if pieces and all("attention_mask" in p for p in pieces):
+            flat["attention_mask"] = torch.cat([p["attention_mask"].reshape(-1) for p in pieces])
+        super()._track_num_input_tokens(flat)
+
+
+def _private_optimizer_in(optimizer) -> PrivateOptimizer | None:
+    """The ``PrivateOptimizer`` inside accelerate's wrappers, if the trainer has made one."""
+    while optimizer is not None and not isinstance(optimizer, PrivateOptimizer):
+        optimizer = getattr(optimizer, "optimizer", None)
+    return optimizer
 
 
 class PrivateTrainer(PrivateTrainerMixin, Trainer):

@@ -137,6 +137,7 @@ def check_against_autograd(model, units, mode, kwargs=None, c=None):
 
 # ------------------------------------------------------------------ private trainers for the accounting tests
 N, BATCH = 64, 8  # sampling rate 1/8
+DELTA = 1 / (100 * N)  # the default δ: 0.01 / (number of units)
 
 
 def private_trainer(out, config, callbacks=(), **args):
@@ -157,3 +158,27 @@ def opacus_epsilon(accountant_cls, steps, sigma, q, delta):
     for _ in range(steps):
         acc.step(noise_multiplier=sigma, sample_rate=q)
     return acc.get_epsilon(delta=delta)
+
+
+# ------------------------------------------------------------------ runs in two processes
+DISTRIBUTED_BATCH, DISTRIBUTED_SIGMA = 8, 1.0  # global expected batch and σ of tests/privacy/distributed_run.py
+
+
+def launch_private_run(output_dir, *extra: str, processes: int = 2) -> str:
+    """tests/privacy/distributed_run.py under accelerate's launcher in ``processes`` CPU processes (gloo), the way
+    the recipe tests launch (recipes/accelerate/cpu_2proc.yaml); returns its output, raises if it failed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.recipe_helpers import ACCELERATE, REPO, free_port, launch_env
+
+    script = Path(__file__).with_name("distributed_run.py")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE / "cpu_2proc.yaml"),
+           "--num_processes", str(processes), "--main_process_port", str(free_port()), str(script), str(output_dir),
+           *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=launch_env(), cwd=str(REPO), timeout=600)
+    if proc.returncode != 0:
+        raise AssertionError(f"{script.name} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc.stdout

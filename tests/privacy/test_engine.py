@@ -1,5 +1,7 @@
 """make_private (memsinks.privacy.engine): defaults it derives, and bad input refused before any training step."""
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -9,12 +11,42 @@ from tests.conftest import tiny_model
 from tests.privacy.helpers import pattern_dataset, stock_trainer
 
 
-def test_user_level_delta_defaults_to_one_over_ids(tmp_path):
+def test_user_level_delta_defaults_to_a_hundredth_of_one_over_ids(tmp_path):
     trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(60, users=20), tmp_path)
     trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(
         noise_multiplier=1.0, privacy_unit="sequence_id", physical_batch_size=16))
     run = trainer.privacy
-    assert run.units.num_units == 20 and run.delta == 1 / 20 and run.sample_rate == 8 / 20
+    assert run.units.num_units == 20 and run.delta == 1 / (100 * 20) and run.sample_rate == 8 / 20
+
+
+def test_a_delta_of_one_over_n_or_more_is_refused_unless_insisted_on(tmp_path, caplog):
+    data = pattern_dataset(60, users=20)
+    config = dict(noise_multiplier=1.0, privacy_unit="sequence_id", physical_batch_size=16, delta=1 / 20)
+    with pytest.raises(ValueError, match=r"delta=0.05 is not below 1 / \(number of units\) = 1/20.*allow_large_delta"):
+        memsinks.make_private(stock_trainer(tiny_model("gpt2"), data, tmp_path), memsinks.PrivacyConfig(**config))
+    with caplog.at_level(logging.WARNING, logger="memsinks"):
+        trainer = memsinks.make_private(stock_trainer(tiny_model("gpt2"), data, tmp_path),
+                                        memsinks.PrivacyConfig(**config, allow_large_delta=True))
+    assert trainer.privacy.delta == 1 / 20 and "publishes one unit's data" in caplog.text
+
+
+def test_sequence_id_zero_is_refused_per_user(tmp_path):
+    data = pattern_dataset(64, users=32)
+    ids = list(data["sequence_ids"])
+    ids[5] = 0
+    data = data.remove_columns("sequence_ids").add_column("sequence_ids", ids)
+    with pytest.raises(ValueError, match=r"Row 5 has sequence ID 0.*assign_sequence_ids"):
+        memsinks.make_private(stock_trainer(tiny_model("gpt2"), data, tmp_path), memsinks.PrivacyConfig(
+            noise_multiplier=1.0, privacy_unit="sequence_id", physical_batch_size=16))
+
+
+def test_lora_on_the_input_embedding_is_refused_with_the_fix(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"]))
+    with pytest.raises(ValueError, match=r"embed_tokens.*LoRA adapter on an embedding.*modules_to_save"):
+        memsinks.make_private(stock_trainer(model, pattern_dataset(64), tmp_path),
+                              memsinks.PrivacyConfig(noise_multiplier=1.0))
 
 
 # ------------------------------------------------------------------------- bad input

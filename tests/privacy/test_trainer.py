@@ -1,4 +1,7 @@
-"""PrivateTrainer (memsinks.privacy.trainer): models train, the update is DP-SGD's, user subclasses keep their behaviour."""
+"""PrivateTrainer (memsinks.privacy.trainer): models train, the update is DP-SGD's, user subclasses keep their
+behaviour, a second train() continues."""
+
+import logging
 
 import numpy as np
 import pytest
@@ -66,8 +69,9 @@ def test_noise_free_update_is_the_mean_of_clipped_unit_gradients(tmp_path, unit)
     trainer = stock_trainer(model, data, tmp_path, optim="sgd", learning_rate=1.0, max_steps=1,
                             per_device_train_batch_size=4)
     c = 0.05
-    trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(
-        noise_multiplier=1.0, max_grad_norm=c, privacy_unit=unit, physical_batch_size=64, accountant="rdp"))
+    trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(  # reproducible: the batch drawn below is trained
+        noise_multiplier=1.0, max_grad_norm=c, privacy_unit=unit, physical_batch_size=64, accountant="rdp",
+        reproducible=True))
     trainer.privacy.noise_multiplier = 0.0
     batch, _ = _first_logical_batch(trainer)
     if unit == "sequence_id":
@@ -94,10 +98,10 @@ def test_virtual_steps_and_gradient_accumulation_are_not_counted_twice(tmp_path)
 
     def run(out, per_device, accumulation, physical):
         model = no_dropout(tiny_model("llama"))
-        trainer = stock_trainer(model, data, out, optim="sgd", learning_rate=0.5, max_steps=2,
+        trainer = stock_trainer(model, data, out, optim="sgd", learning_rate=0.5, max_steps=2, seed=1,  # 21 units first
                                 per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation)
-        trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(
-            noise_multiplier=1.0, max_grad_norm=0.1, physical_batch_size=physical, accountant="rdp"))
+        trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(  # reproducible: both runs draw alike
+            noise_multiplier=1.0, max_grad_norm=0.1, physical_batch_size=physical, accountant="rdp", reproducible=True))
         trainer.privacy.noise_multiplier = 0.0
         pieces = _first_logical_batch(trainer)[1]
         trainer.train()
@@ -152,3 +156,32 @@ def test_private_trainer_built_directly(tmp_path):
                              privacy_config=memsinks.PrivacyConfig(noise_multiplier=1.0, accountant="rdp"))
     trainer.train()
     assert trainer.privacy.ledger.steps == 2 and (tmp_path / "privacy_ledger.json").is_file()
+
+
+def test_a_second_train_call_continues_the_same_ledger(tmp_path):
+    from opacus.accountants import RDPAccountant
+
+    from memsinks.privacy.optimizer import PrivateOptimizer
+    from tests.privacy.helpers import opacus_epsilon
+
+    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(64), tmp_path, max_steps=2)
+    trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(noise_multiplier=1.0, accountant="rdp"))
+    trainer.train()
+    trainer.train()
+    assert trainer.privacy.ledger.steps == 4 and trainer.state.global_step == 2
+    eps = [h["privacy/epsilon"] for h in trainer.state.log_history if "loss" in h]
+    assert eps[-1] == pytest.approx(opacus_epsilon(RDPAccountant, 4, 1.0, 8 / 64, trainer.privacy.delta), rel=1e-12)
+    wrappers, optimizer = 0, trainer.optimizer
+    while hasattr(optimizer, "optimizer") or hasattr(optimizer, "original_optimizer"):
+        wrappers += isinstance(optimizer, PrivateOptimizer)
+        optimizer = getattr(optimizer, "original_optimizer", None) or optimizer.optimizer
+    assert wrappers == 1  # the noise is added once per step, not once per train() call
+
+
+def test_dp_with_sinks_does_not_warn_that_the_sinks_are_frozen(tmp_path, caplog):
+    model = memsinks.add_sinks(tiny_model("gpt2"), memsinks.SinksConfig(p_gen=0.5))
+    trainer = memsinks.make_private(stock_trainer(model, pattern_dataset(64), tmp_path, max_steps=1),
+                                    memsinks.PrivacyConfig(noise_multiplier=1.0, accountant="rdp"))
+    with caplog.at_level(logging.WARNING, logger="memsinks"):
+        trainer.train()
+    assert "frozen" not in caplog.text
