@@ -66,12 +66,13 @@ class PrivateOptimizer(DPOptimizerFastGradientClipping):
 
     def _noise(self, std: float, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """N(0, std^2) shaped like ``like``; hardened: (sum of four N(0, std^2) draws) / 2, as Opacus's secure mode."""
-        if not self.secure_mode:
-            return torch.normal(0.0, std, like.shape, generator=generator, device=like.device, dtype=like.dtype)
-        total = torch.zeros_like(like)
-        for _ in range(4):
-            total.add_(torch.normal(0.0, std, like.shape, generator=generator, device=like.device, dtype=like.dtype))
-        return total.div_(2)
+        noise = torch.empty_like(like).normal_(0.0, std, generator=generator)
+        if self.secure_mode:
+            draw = torch.empty_like(like)
+            for _ in range(3):
+                noise.add_(draw.normal_(0.0, std, generator=generator))
+            noise.div_(2)
+        return noise
 
     def step(self, closure: Callable | None = None):
         try:

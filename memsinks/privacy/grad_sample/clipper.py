@@ -69,7 +69,7 @@ class HookRecord:
 class _ParamState:
     """One trainable parameter's per-row gradients ("hooks") or factors ("ghost") for the current batch."""
 
-    __slots__ = ("name", "param", "ghost_capable", "mode", "per_row", "outers", "buffer")
+    __slots__ = ("name", "param", "ghost_capable", "mode", "per_row", "outers")
 
     def __init__(self, name: str, param: nn.Parameter, ghost_capable: bool):
         self.name = name
@@ -78,11 +78,6 @@ class _ParamState:
         self.mode = "hooks"
         self.per_row: torch.Tensor | None = None  # (B, *param.shape) this batch, or None
         self.outers: list[Outer] = []
-        # CPU only: the per-row gradients of the last batch, kept for the next one. Writing into
-        # memory already mapped spares the page faults of a fresh (B x parameter) tensor every
-        # step, at the price of holding it through the forward. CUDA's caching allocator reuses
-        # memory by itself.
-        self.buffer: torch.Tensor | None = None
 
     def add(self, contribution: Dense | Outer) -> None:
         dtype = self.param.dtype
@@ -97,12 +92,9 @@ class _ParamState:
     def _materialise(self, outer: Outer) -> None:
         b, p, q = outer.shape()
         if self.per_row is None:
-            buf = self.buffer
-            if buf is None or buf.shape != (b, p, q) or buf.dtype != outer.right.dtype or buf.device != outer.right.device:
-                buf = torch.empty((b, p, q), dtype=outer.right.dtype, device=outer.right.device)
-                self.buffer = buf if buf.device.type == "cpu" else None
-            outer.write_per_row(buf, accumulate=False)
-            self.per_row = buf.view(b, *self.param.shape)
+            per_row = torch.empty((b, p, q), dtype=outer.right.dtype, device=outer.right.device)
+            outer.write_per_row(per_row, accumulate=False)
+            self.per_row = per_row.view(b, *self.param.shape)
         else:
             outer.write_per_row(self.per_row.view(b, p, q), accumulate=True)
 
@@ -202,16 +194,10 @@ class PerUnitClipper:
             state.ghost_capable = ghost_capable[id(state.param)]
 
     def close(self) -> None:
-        """Remove the hooks and free the kept per-row buffers."""
+        """Remove the hooks."""
         for h in self._handles:
             h.remove()
         self._handles = []
-        self.release_buffers()
-
-    def release_buffers(self) -> None:
-        """Free the per-row gradient buffers kept between batches (they are re-made when needed)."""
-        for state in self.states.values():
-            state.buffer = None
 
     @property
     def params(self) -> list[nn.Parameter]:
