@@ -10,7 +10,9 @@ For a tiny GPT-2 (Conv1D, tied embeddings) and a tiny Llama (RMSNorm, rotary), b
 - ``opacus``:    reference: Opacus 1.6's GradSampleModule (hooks) + DPOptimizer, used as its
   docs show, with per-row position_ids (its hooks need them on GPT-2).
 
-Every DP arm clips per example to C=1 and adds noise (σ=1) through an Opacus optimizer.
+Every DP arm clips per example to C=1 and adds noise (σ=1) through an Opacus optimizer; memsinks'
+arms draw it as a private run does by default (OS-entropy seeds, the floating-point-hardened
+sum of four Gaussians).
 Step times are medians over interleaved steps (load on a shared machine hits all arms
 alike), split into forward, backward, clipping (norms + clipped sums) and optimizer step.
 Peak memory is the high-water mark of the process's resident memory during steps of that
@@ -56,8 +58,10 @@ class Arm:
     def __init__(self, name: str, family: str, batch: dict, args):
         from memsinks.privacy.grad_sample import PerUnitClipper
         from memsinks.privacy.optimizer import PrivateOptimizer
+        from memsinks.privacy.randomness import PrivacyRandomness
 
         self.name = name
+        self.steps_taken = 0
         self.model = build(family, args).train()
         self.batch = batch
         self.rows = batch["input_ids"].shape[0]
@@ -73,7 +77,8 @@ class Arm:
         elif name.startswith("dp"):
             self.clipper = PerUnitClipper(self.model, max_grad_norm=1.0, clipping=name.split()[1])
             optimizer = PrivateOptimizer(optimizer, noise_multiplier=1.0, max_grad_norm=1.0,
-                                         expected_batch_size=self.rows)
+                                         expected_batch_size=self.rows, randomness=PrivacyRandomness.secure(),
+                                         step_index=lambda: self.steps_taken)
         self.optimizer = optimizer
 
     def step(self) -> dict:
@@ -108,6 +113,7 @@ class Arm:
         mark = time.perf_counter()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.steps_taken += 1
         t["step"] = time.perf_counter() - mark
         t["total"] = time.perf_counter() - start
         return t

@@ -76,7 +76,9 @@ class ForwardWithSequenceIds:
             )
         if private_mask is not None:
             private_mask = normalize_private_mask(private_mask, _input_shape(args, kwargs))
-        if model.training and not self.checked_trainable:
+        # a forward in which no parameter requires grad is not training the model through autograd (DP-SGD's
+        # clipper switches requires_grad off while it records): the check waits for one that is
+        if model.training and not self.checked_trainable and any(p.requires_grad for p in model.parameters()):
             self.checked_trainable = True
             _warn_if_sinks_frozen(model)
         training = model.training and torch.is_grad_enabled()

@@ -33,6 +33,12 @@ def has_sinks(model: nn.Module) -> bool:
     return _ROUTER_ATTR in unwrap_model(model).__dict__
 
 
+def sink_warmup(model: nn.Module) -> SinkWarmup | None:
+    """The sinks' warm-up of a model with sinks (``SinksConfig.sink_warmup_steps > 0``), else None."""
+    inner = unwrap_model(model)
+    return getattr(inner.forward, "warmup", None) if has_sinks(inner) else None
+
+
 def get_router(model: nn.Module) -> SinkRouter:
     inner = unwrap_model(model)
     router = inner.__dict__.get(_ROUTER_ATTR)

@@ -12,7 +12,10 @@ Progress is a buffer of the first sink layer (``sink_warmup_progress``), so it i
 checkpoints and a resumed run does not warm up again (stock transformers, loading such a
 checkpoint, reports this one scalar as an unexpected key and ignores it). Zeroing is done by gradient hooks,
 installed at the first training forward and removed when the warm-up ends; they work under
-gradient checkpointing, DDP and gradient accumulation alike. Under Adam the zeroed parameters'
+gradient checkpointing, DDP and gradient accumulation alike. Under DP-SGD (``memsinks.make_private``)
+the noisy gradients of the shared parameters are zeroed before each update instead. The count
+is of forward passes: with gradient accumulation, or a DP-SGD batch split into physical
+batches, one optimizer step counts several. Under Adam the zeroed parameters'
 moments stay zero meanwhile, so their first steps after the warm-up are smaller than usual; an
 optimizer's decoupled weight decay (AdamW with ``weight_decay > 0``; the Trainer's default is 0)
 still shrinks them during the warm-up.
@@ -75,6 +78,22 @@ class SinkWarmup:
             return torch.zeros_like(grad) if piece is None else piece.keep(grad)
 
         return hook
+
+    def zero_shared_grads(self) -> None:
+        """While warming up, zero the ``.grad`` of every parameter outside the sinks.
+
+        For optimizers whose gradients do not come through autograd hooks: under DP-SGD the
+        clipper computes per-example gradients itself, and this runs after the noise is added,
+        before the update (a post-processing of the private gradient).
+        """
+        if not self.active:
+            return
+        slices = {id(s.param): s for s in sink_slices(self.model)}
+        for p in self.model.parameters():
+            piece = slices.get(id(p))
+            if p.grad is None or (piece is not None and piece.dim is None):
+                continue
+            p.grad = torch.zeros_like(p.grad) if piece is None else piece.keep(p.grad)
 
     def close(self) -> None:
         """Remove the gradient hooks (the sinks are being removed)."""

@@ -17,12 +17,13 @@ runs the pieces and sums their clipped gradients before the single noisy step.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from memsinks.privacy.randomness import PrivacyRandomness
 
 PHYSICAL_BATCHES = "physical_batches"
 
@@ -69,19 +70,23 @@ class UnitPoissonSampler(torch.utils.data.Sampler):
     """A batch sampler: each step, every unit is included independently with probability ``sample_rate``.
 
     Yields lists of row indices (all rows of each included unit, unit after unit; possibly
-    empty). ``len`` is the number of steps per epoch. Randomness comes from a generator
-    seeded with ``(seed, epoch)``, so a run resumed from a checkpoint redraws the same
-    batches as the run it continues; keep the seed secret, as the privacy amplification
-    by sampling assumes the adversary does not know which units were drawn.
+    empty). ``len`` is the number of steps per epoch. A step's draw is exact: the number of
+    units K ~ Binomial(N, q) in float64 (numpy), then K distinct units uniformly, which is the
+    same distribution as N independent coin flips, at a cost that grows with K, not N
+    (``torch.rand(N) < q`` in float32 inflates rates below about 1e-6). Each step's generator
+    is seeded from ``randomness`` with the epoch and step, so that under several processes
+    every rank draws the same units and takes its share (``rank::world_size`` of them).
     """
 
-    def __init__(self, units: PrivacyUnits, sample_rate: float, steps_per_epoch: int, seed: int = 0):
+    def __init__(self, units: PrivacyUnits, sample_rate: float, steps_per_epoch: int, randomness: PrivacyRandomness,
+                 rank: int = 0, world_size: int = 1):
         if not 0 < sample_rate <= 1:
             raise ValueError(f"sample_rate must be in (0, 1]; got {sample_rate}.")
         self.units = units
         self.sample_rate = float(sample_rate)
         self.steps_per_epoch = int(steps_per_epoch)
-        self.seed = int(seed)
+        self.randomness = randomness
+        self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -90,16 +95,17 @@ class UnitPoissonSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return self.steps_per_epoch
 
-    def _generator(self) -> torch.Generator:
-        digest = hashlib.blake2b(f"memsinks-poisson:{self.seed}:{self.epoch}".encode(), digest_size=8).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+    def draw(self, step: int) -> np.ndarray:
+        """The units sampled at ``step`` of the current epoch (all ranks), sorted."""
+        rng = self.randomness.numpy_generator("poisson", self.epoch, step)
+        n = self.units.num_units
+        k = int(rng.binomial(n, self.sample_rate))
+        return np.sort(rng.choice(n, size=k, replace=False)) if k else np.zeros(0, dtype=np.int64)
 
     def __iter__(self) -> Iterator[list[int]]:
-        generator = self._generator()
-        n = self.units.num_units
-        for _ in range(self.steps_per_epoch):
-            chosen = torch.nonzero(torch.rand(n, generator=generator) < self.sample_rate).view(-1).numpy()
-            yield self.units.rows_of(chosen).tolist()
+        for step in range(self.steps_per_epoch):
+            mine = self.draw(step)[self.rank::self.world_size]
+            yield self.units.rows_of(mine).tolist()
 
 
 class _WithIndex(Dataset):
@@ -160,11 +166,12 @@ class PhysicalBatches:
 
 
 class PrivateDataLoader(DataLoader):
-    """The training loader under DP: one Poisson-sampled logical batch per optimizer step."""
+    """The training loader under DP: one Poisson-sampled logical batch per optimizer step (this rank's share)."""
 
     def __init__(self, dataset, collator: Callable, units: PrivacyUnits, sample_rate: float, steps_per_epoch: int,
-                 physical_batch_size: int, seed: int = 0, **kwargs):
-        sampler = UnitPoissonSampler(units, sample_rate, steps_per_epoch, seed)
+                 physical_batch_size: int, randomness: PrivacyRandomness, rank: int = 0, world_size: int = 1,
+                 **kwargs):
+        sampler = UnitPoissonSampler(units, sample_rate, steps_per_epoch, randomness, rank, world_size)
         super().__init__(_WithIndex(dataset), batch_sampler=sampler,
                          collate_fn=PhysicalBatches(collator, units, physical_batch_size), **kwargs)
 

@@ -47,10 +47,12 @@ def check_trainer(trainer) -> None:
     if getattr(args, "fp16", False):
         problems.append("fp16=True: the fp16 GradScaler would unscale gradients DP never scaled; use bf16=True or fp32")
     if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
-        problems.append("DeepSpeed / FSDP: sharded per-example clipping is not supported; train on one device")
-    if getattr(args, "world_size", 1) > 1 or getattr(args, "n_gpu", 0) > 1:
-        problems.append(f"{max(args.world_size, args.n_gpu)} processes/GPUs: DP training here runs in one process on "
-                        "one device (Poisson sampling and noise are not distributed)")
+        problems.append("DeepSpeed / FSDP: they shard parameters and gradients across processes, and per-unit "
+                        "clipping needs each unit's whole gradient on one process; use DDP (one process per device: "
+                        "accelerate launch or torchrun) or one process")
+    if getattr(args, "n_gpu", 0) > 1:
+        problems.append(f"{args.n_gpu} GPUs in one process (torch.nn.DataParallel): the clipping hooks see one "
+                        "replica; launch one process per device (accelerate launch or torchrun) for DDP")
     if getattr(args, "torch_compile", False):
         problems.append("torch_compile=True: the per-example gradient hooks need the eager model")
     if getattr(args, "auto_find_batch_size", False):
@@ -142,7 +144,7 @@ def check_per_unit_gradients(model: nn.Module, clipper: PerUnitClipper, model_in
             ref = sum(row[i] for row in reference)
             scale = ref.abs().max().item() + 1e-8
             if not torch.allclose(p.summed_grad, ref, rtol=rtol, atol=rtol * scale):
-                bad.append(clipper.states[id(p)].name)
+                bad.append(clipper.name_of(p))
         if not bad and not torch.allclose(norms, ref_norms, rtol=rtol, atol=1e-7):
             bad.append("(per-row norms differ while sums agree: an input broadcast over the batch)")
     finally:

@@ -70,17 +70,12 @@ def _stage_in_file(config) -> int | None:
 def check_launch(r: Recipe, launch: Launch) -> None:
     """Refuse launches the chosen settings cannot run under, naming the accelerate config to use instead."""
     if r.privacy.enabled:
-        problems = []
-        if launch.world_size > 1:
-            problems.append(f"{launch.world_size} processes")
         if launch.engine in ("deepspeed", "fsdp"):
-            problems.append(launch.engine)
-        if problems:
             raise RecipeError(
-                f"privacy.enabled (DP-SGD) runs in one process on one device, but this launch is {launch.describe()} "
-                f"({' and '.join(problems)}). Poisson sampling, per-example clipping and the noise of "
-                "memsinks.make_private are not distributed, and DeepSpeed/FSDP shard the gradients it clips. Launch "
-                "with recipes/accelerate/single_process.yaml (or plain `python recipes/train.py`), or set "
+                f"privacy.enabled (DP-SGD) runs in one process or under DDP, but this launch is {launch.describe()}: "
+                "DeepSpeed and FSDP shard parameters and gradients, and per-unit clipping needs each unit's whole "
+                "gradient in one process. Launch with recipes/accelerate/multi_gpu.yaml (DDP) or "
+                "recipes/accelerate/single_process.yaml (or plain `python recipes/train.py`), or set "
                 "privacy.enabled: false.")
         mp = r.training.get("fp16") or launch.mixed_precision == "fp16"
         if mp:

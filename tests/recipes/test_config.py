@@ -139,7 +139,6 @@ def test_a_data_path_that_does_not_exist_stops_before_anything_is_written(tiny_c
 
 
 @pytest.mark.parametrize("env, expected", [
-    ({"WORLD_SIZE": "2"}, "DDP, 2 processes"),
     ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, "DeepSpeed ZeRO-2"),
     ({"ACCELERATE_USE_FSDP": "true"}, "FSDP"),
     ({"ACCELERATE_MIXED_PRECISION": "fp16"}, "fp16"),
@@ -154,6 +153,16 @@ def test_dp_under_a_launch_it_cannot_run_in_is_refused_naming_the_launch(tiny_co
     if expected != "fp16":
         assert "recipes/accelerate/single_process.yaml" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_dp_under_ddp_is_accepted(tiny_config, monkeypatch):
+    from memsinks_recipe.launch import check_launch
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    recipe = load_recipe(str(tiny_config), [("privacy.enabled", "true"), ("privacy.noise_multiplier", "1.0")])
+    launch = Launch.from_env(recipe.training)
+    assert launch.engine == "ddp" and recipe.privacy.enabled
+    check_launch(recipe, launch)  # memsinks.make_private trains under DDP (tests/privacy/test_distributed.py)
 
 
 def test_fsdp_takes_sinks_but_refuses_lora_with_export(tiny_config, base_model_dir, tmp_path, capsys, monkeypatch):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from memsinks.privacy.randomness import PrivacyRandomness
 from memsinks.privacy.sampling import PHYSICAL_BATCHES, PhysicalBatches, PrivacyUnits, UnitPoissonSampler
 
 
@@ -25,7 +26,7 @@ def _assert_moments(values, mean, var, steps):
 
 def test_example_level_batch_size_is_binomial():
     n, q, steps = 1000, 0.03, 4000
-    rows, _ = _sizes(UnitPoissonSampler(PrivacyUnits.per_example(n), q, 1, seed=3), steps)
+    rows, _ = _sizes(UnitPoissonSampler(PrivacyUnits.per_example(n), q, 1, _seeded(3)), steps)
     _assert_moments(rows, n * q, n * q * (1 - q), steps)
 
 
@@ -38,7 +39,7 @@ def test_user_level_samples_whole_users():
     rng.shuffle(owner)
     units = PrivacyUnits.from_ids(owner * 7919 + 11)  # arbitrary ID values
     q, steps = 0.05, 4000
-    sampler = UnitPoissonSampler(units, q, 1, seed=5)
+    sampler = UnitPoissonSampler(units, q, 1, _seeded(5))
     rows, users = _sizes(sampler, steps)
     _assert_moments(users, 300 * q, 300 * q * (1 - q), steps)
     _assert_moments(rows, q * sizes.sum(), q * (1 - q) * (sizes ** 2).sum(), steps)
@@ -50,14 +51,29 @@ def test_user_level_samples_whole_users():
 
 def test_epoch_seeding_replays_for_resume():
     units = PrivacyUnits.per_example(200)
-    a = UnitPoissonSampler(units, 0.1, 5, seed=1)
-    b = UnitPoissonSampler(units, 0.1, 5, seed=1)
+    a = UnitPoissonSampler(units, 0.1, 5, _seeded(1))
+    b = UnitPoissonSampler(units, 0.1, 5, _seeded(1))
     a.set_epoch(2)
     b.set_epoch(2)
     assert list(a) == list(b)
     b.set_epoch(3)
     assert list(a) != list(b)
-    assert list(UnitPoissonSampler(units, 0.1, 5, seed=2)) != list(UnitPoissonSampler(units, 0.1, 5, seed=1))
+    assert list(UnitPoissonSampler(units, 0.1, 5, _seeded(2))) != list(UnitPoissonSampler(units, 0.1, 5, _seeded(1)))
+    secure = PrivacyRandomness.secure()
+    assert list(UnitPoissonSampler(units, 0.1, 5, secure)) == list(UnitPoissonSampler(units, 0.1, 5, secure))
+    assert list(UnitPoissonSampler(units, 0.1, 5, PrivacyRandomness.secure())) != list(
+        UnitPoissonSampler(units, 0.1, 5, secure))  # a fresh key: fresh draws
+
+
+def test_ranks_take_disjoint_shares_of_one_draw():
+    units = PrivacyUnits.from_ids(np.repeat(np.arange(100), 2))
+    shared = _seeded(7)
+    whole = list(UnitPoissonSampler(units, 0.2, 6, shared))
+    shares = [list(UnitPoissonSampler(units, 0.2, 6, shared, rank=r, world_size=2)) for r in (0, 1)]
+    for step, batch in enumerate(whole):
+        zero, one = shares[0][step], shares[1][step]
+        assert not set(zero) & set(one) and sorted(zero + one) == sorted(batch)
+        assert abs(len(zero) - len(one)) <= 2  # one unit (two rows) apart at most
 
 
 def test_physical_batches_keep_units_whole_and_bounded():
@@ -83,4 +99,8 @@ def test_physical_batches_keep_units_whole_and_bounded():
 
 def test_sample_rate_must_be_a_probability():
     with pytest.raises(ValueError, match="sample_rate"):
-        UnitPoissonSampler(PrivacyUnits.per_example(10), 1.5, 1)
+        UnitPoissonSampler(PrivacyUnits.per_example(10), 1.5, 1, _seeded(0))
+
+
+def _seeded(seed: int) -> PrivacyRandomness:
+    return PrivacyRandomness.from_seed(seed)

@@ -1,0 +1,50 @@
+"""The fine-tuning isolation benchmark: its arm selection and gap arithmetic, and a smoke run of
+``benchmarks/finetune_isolation.py --quick`` that checks the files and fields it writes (a tiny stand-in
+model: not the science)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from finetune_lib import arms, report  # noqa: E402
+
+
+def test_every_selection_includes_the_standard_reference_and_unknown_arms_are_named():
+    assert [a.name for a in arms.select(["sinks"])] == ["standard", "sinks"]
+    assert {a.name for a in arms.select(["headline"])} == set(arms.HEADLINE)
+    with pytest.raises(ValueError, match="Unknown arm.*'nope'"):
+        arms.select(["nope"])
+
+
+def test_gap_closed_is_measured_against_standard_of_the_same_seed():
+    per_seed = {0: {"standard": {"gap": 2.0}, "sinks/drop": {"gap": 0.5}},
+                1: {"standard": {"gap": 1.0}, "sinks/drop": {"gap": 1.0}}}
+    report.add_gap_closed(per_seed)
+    assert per_seed[0]["sinks/drop"]["gap_closed"] == 0.75 and per_seed[1]["sinks/drop"]["gap_closed"] == 0.0
+    summary = report.summarise(per_seed)
+    assert summary["sinks/drop"]["gap_closed"] == 0.375 and summary["sinks/drop"]["seeds"] == 2
+
+
+def test_quick_run_writes_every_arm_and_mode(tmp_path):
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "finetune_isolation.py"), "--quick", "--threads", "1",
+                    "--arms", "headline", "--out", str(out)], check=True, cwd=REPO, capture_output=True, timeout=600)
+    results = json.loads((out / "results.json").read_text())
+    rows = results["per_seed"]["0"]
+    for name in ["standard", "lora", "dp", "sinks/drop", "sinks/own", "sinks/placebo", "sinks_private/drop"]:
+        assert name in rows, name
+        for field in ["secret_loss", "heldout_secret_loss", "gap", "extraction_exact", "heldout_task_loss",
+                      "general_loss"]:
+            assert isinstance(rows[name][field], (int, float)), (name, field)
+    assert rows["standard"]["gap_closed"] == 0.0
+    assert 0.0 <= results["private_mask_coverage"]["recall"] <= 1.0
+    assert (out / "results.md").read_text().startswith("# Fine-tuning isolation benchmark")
+    assert (out / "tradeoff.png").stat().st_size > 0 and not list(out.glob("partial-*"))

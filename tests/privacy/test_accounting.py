@@ -1,0 +1,78 @@
+"""ε as the Trainer reports it (memsinks.privacy.accounting): equal to Opacus's accountants, calibrated, budgeted."""
+
+import json
+import logging
+import os
+
+import pytest
+from opacus.accountants import PRVAccountant, RDPAccountant
+from transformers import TrainerCallback
+
+import memsinks
+from memsinks.privacy.ledger import LEDGER_NAME
+from tests.conftest import tiny_model
+from tests.privacy.helpers import (BATCH, DELTA, N, logged_epsilons, opacus_epsilon, pattern_dataset,
+                                     private_trainer, stock_trainer)
+
+
+class _LedgerOnDisk(TrainerCallback):
+    """Reads the ledger file after every optimizer step."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        with open(os.path.join(args.output_dir, LEDGER_NAME)) as f:
+            self.seen.append((state.global_step, json.load(f)["steps"]))
+
+
+@pytest.mark.parametrize("accountant, cls", [("prv", PRVAccountant), ("rdp", RDPAccountant)])
+def test_logged_epsilon_equals_an_independent_opacus_accountant(tmp_path, accountant, cls):
+    on_disk = _LedgerOnDisk()
+    cfg = memsinks.PrivacyConfig(noise_multiplier=1.1, accountant=accountant)
+    trainer = private_trainer(tmp_path, cfg, callbacks=[on_disk], max_steps=4, per_device_train_batch_size=BATCH)
+    trainer.train()
+    eps = logged_epsilons(trainer)
+    assert sorted(eps) == [1, 2, 3, 4]
+    for step, value in eps.items():
+        assert value == pytest.approx(opacus_epsilon(cls, step, 1.1, BATCH / N, DELTA), rel=1e-9)
+    assert eps[4] > eps[3] > eps[2] > eps[1] > 0
+    assert all(h.get("privacy/delta") == DELTA for h in trainer.state.log_history if "loss" in h)
+    assert not any("grad_norm" in h for h in trainer.state.log_history)  # a statistic of the un-noised gradient
+    assert on_disk.seen == [(1, 1), (2, 2), (3, 3), (4, 4)]  # written before each step's update, never behind
+
+
+def test_target_epsilon_is_met_and_training_stops_when_spent(tmp_path, caplog):
+    cfg = memsinks.PrivacyConfig(target_epsilon=3.0, accountant="rdp")
+    trainer = private_trainer(tmp_path, cfg, max_steps=6, per_device_train_batch_size=BATCH, logging_steps=50)
+    sigma = trainer.privacy.noise_multiplier
+    assert opacus_epsilon(RDPAccountant, 6, sigma, BATCH / N, DELTA) <= 3.0  # calibrated for the planned 6 steps
+    trainer.args.max_steps = 60  # the user asks for ten times more training than the budget pays for
+    with caplog.at_level(logging.WARNING, logger="memsinks"):
+        trainer.train()
+    steps = trainer.state.global_step
+    assert 6 <= steps < 60
+    assert opacus_epsilon(RDPAccountant, steps, sigma, BATCH / N, DELTA) <= 3.0
+    assert opacus_epsilon(RDPAccountant, steps + 1, sigma, BATCH / N, DELTA) > 3.0
+    assert "Privacy budget spent" in caplog.text
+    final = json.load(open(tmp_path / LEDGER_NAME))
+    assert final["steps"] == steps and final["epsilon"] <= 3.0
+    assert trainer.state.log_history[-1]["privacy/epsilon"] == pytest.approx(final["epsilon"])
+
+
+def test_unreachable_target_epsilon_fails_before_training(tmp_path):
+    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(N), tmp_path, per_device_train_batch_size=32,
+                            max_steps=200)
+    with pytest.raises(ValueError, match=r"target_epsilon=0.01 .* noise multiplier of \d+.*Raise target_epsilon"):
+        memsinks.make_private(trainer, memsinks.PrivacyConfig(target_epsilon=0.01, accountant="rdp"))
+
+
+def test_epsilon_is_never_negative_and_a_target_below_the_accountants_resolution_is_refused(tmp_path):
+    from memsinks.privacy.accounting import epsilon_of
+
+    for sigma in (2.0, 5.0, 20.0):  # little privacy loss: PRV's numerical estimate falls below zero
+        assert epsilon_of("prv", [(sigma, 1 / 64, 1)], 1 / 64) >= 0
+    trainer = stock_trainer(tiny_model("gpt2"), pattern_dataset(N), tmp_path, max_steps=4)
+    with pytest.raises(ValueError, match=r"target_epsilon=0.0001 .*cannot be reached"):
+        memsinks.make_private(trainer, memsinks.PrivacyConfig(target_epsilon=1e-4, delta=1 / 64,
+                                                              allow_large_delta=True))
