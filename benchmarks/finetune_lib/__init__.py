@@ -1,0 +1,1 @@
+"""Parts of ``benchmarks/finetune_isolation.py``: records with secrets, arms, training, measurement, report."""

@@ -1,0 +1,87 @@
+"""The benchmark's arms: how each fine-tune differs from standard full fine-tuning.
+
+Every arm sees the same records, steps and learning rate; an arm changes only the model
+(sinks with a ``SinksConfig``, LoRA adapters), the data (``private_mask`` marked by
+``memsinks.mark_private_spans``) or the optimizer (DP-SGD through ``memsinks.make_private``).
+Arms with sinks are measured with the sinks dropped (the shipped model), in each record's own
+sinks, and in another record's sinks (the placebo).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way to fine-tune. ``sinks``: ``SinksConfig`` keyword arguments (None: no sinks)."""
+
+    name: str
+    description: str
+    sinks: dict | None = None
+    lora: bool = False
+    private_mask: bool = False
+    dp: bool = False
+    tags: tuple[str, ...] = field(default=())
+
+    @property
+    def has_sinks(self) -> bool:
+        return self.sinks is not None
+
+
+def _sinks(**overrides) -> dict:
+    return {"placement": "append", "n_sink_units": 256, **overrides}
+
+
+#: the behaviour of append sinks before the levers existed: zero down columns, 0/1 routing, no scale, no warm-up
+LEGACY = dict(sink_init="zero", sink_lr_scale=1.0, centered_masks=False, sink_warmup_steps=0)
+
+
+ARMS: dict[str, Arm] = {a.name: a for a in [
+    Arm("standard", "full fine-tuning", tags=("headline",)),
+    Arm("lora", "LoRA rank 8 on the attention projections (q, k, v, o)", lora=True, tags=("headline",)),
+    Arm("dp", "DP-SGD through memsinks.make_private, epsilon 8, one unit per record", dp=True, tags=("headline",)),
+    Arm("sinks", "append sinks, SinksConfig defaults (mirror init, 32x sink learning rate, centered masks, "
+        "8-step sinks-first warm-up)", sinks=_sinks(), tags=("headline",)),
+    Arm("sinks_private", "append sinks, defaults, private_mask from mark_private_spans' default patterns",
+        sinks=_sinks(), private_mask=True, tags=("headline",)),
+    Arm("sinks_private_x1", "append sinks with private_mask, sink learning rate 1x, no warm-up",
+        sinks=_sinks(sink_lr_scale=1.0, sink_warmup_steps=0), private_mask=True, tags=("lever",)),
+    Arm("sinks_legacy", "append sinks as before the levers: zero down columns, 0/1 masks, 1x, no warm-up",
+        sinks=_sinks(**LEGACY), tags=("lever",)),
+    Arm("sinks_x32", "legacy + 32x sink learning rate", sinks=_sinks(**{**LEGACY, "sink_lr_scale": 32.0}),
+        tags=("lever",)),
+    Arm("sinks_random_x32", "random down columns (not function-preserving) + 32x",
+        sinks=_sinks(**{**LEGACY, "sink_init": "random", "sink_lr_scale": 32.0}), tags=("lever",)),
+    Arm("sinks_mirror_x32", "mirror init + 32x", sinks=_sinks(**{**LEGACY, "sink_init": "mirror", "sink_lr_scale": 32.0}),
+        tags=("lever",)),
+    Arm("sinks_mirror_x32_centered", "mirror init + 32x + centered masks",
+        sinks=_sinks(sink_warmup_steps=0), tags=("lever",)),
+    Arm("sinks_uncentered", "defaults with 0/1 masks (mirror, 32x, warm-up)", sinks=_sinks(centered_masks=False),
+        tags=("lever",)),
+    Arm("sinks_x16", "defaults with a 16x sink learning rate", sinks=_sinks(sink_lr_scale=16.0), tags=("lever",)),
+    Arm("sinks_pool1024", "defaults with 1024 sink units per MLP", sinks=_sinks(n_sink_units=1024), tags=("lever",)),
+    Arm("sinks_pmem01", "defaults with p_mem 0.1", sinks=_sinks(p_mem=0.1), tags=("lever",)),
+    Arm("lora_sinks", "LoRA rank 8 on attention as the only shared trainable path, full-width sinks (defaults)",
+        lora=True, sinks=_sinks(), tags=("lever",)),
+]}
+
+HEADLINE = [name for name, arm in ARMS.items() if "headline" in arm.tags]
+
+
+def select(names: list[str] | None) -> list[Arm]:
+    """The arms named (all of them without names; ``headline`` / ``levers`` name the groups), in the registry's order."""
+    if names is None:
+        return list(ARMS.values())
+    expanded = []
+    for n in names:
+        if n in ("headline", "levers"):
+            expanded += [a for a, arm in ARMS.items() if ("headline" if n == "headline" else "lever") in arm.tags]
+        else:
+            expanded.append(n)
+    names = expanded
+    unknown = [n for n in names if n not in ARMS]
+    if unknown:
+        raise ValueError(f"Unknown arm(s) {unknown}; choose from {list(ARMS)} or the groups headline, levers.")
+    names = set(names) | {"standard"}  # the reference every gap and step time is measured against
+    return [ARMS[n] for n in ARMS if n in names]

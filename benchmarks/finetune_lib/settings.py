@@ -1,0 +1,52 @@
+"""The fine-tuning isolation benchmark's settings: every number that shapes a result, written into ``results.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FinetuneSettings:
+    """Fine-tune a pretrained model on records with personal data; some records repeated.
+
+    ``groups`` maps a repeat count to how many records are trained on that many times; the
+    headline uses the group repeated most. ``n_background`` records are seen once, ``n_heldout``
+    never (they measure the task learned and are the non-members).
+    """
+
+    base_model: str | None = None
+    groups: dict = field(default_factory=lambda: {1: 8, 4: 8, 16: 8})
+    n_background: int = 48
+    n_heldout: int = 24
+    epochs: float = 3.0
+    batch_size: int = 8
+    learning_rate: float = 3e-4
+    # general text the base model knows: what fine-tuning destroys
+    n_general: int = 32
+    general_window: int = 64
+    # measurement
+    exposure_samples: int = 200  # candidates per numeric secret for the skew-normal exposure estimate
+    exposure_records: int = 4  # numeric secrets of the headline group whose exposure is measured
+    # DP-SGD reference
+    dp_epsilon: float = 8.0
+    dp_max_grad_norm: float = 1.0
+    # LoRA reference
+    lora_rank: int = 8
+    # the tiny stand-in for a pretrained model (--quick, or no --base-model and no SmolLM2 installed)
+    tiny_pretrain_steps: int = 60
+
+    @classmethod
+    def quick(cls) -> "FinetuneSettings":
+        return cls(groups={1: 2, 4: 2, 16: 2}, n_background=8, n_heldout=6, epochs=1.0, n_general=4,
+                   exposure_samples=20, exposure_records=1, tiny_pretrain_steps=30)
+
+    @property
+    def headline_repeats(self) -> int:
+        return max(self.groups)
+
+
+def to_dict(settings) -> dict:
+    out = dataclasses.asdict(settings)
+    out["groups"] = {str(k): v for k, v in settings.groups.items()}
+    return out

@@ -1,0 +1,76 @@
+"""Fine-tune a copy of the base model as one arm, with the stock ``transformers.Trainer``."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+
+import datasets
+import torch
+
+import memsinks
+from memsinks._trainer_setup import experiment_arguments, sinks_trainer
+
+
+def training_dataset(data, tokenizer, arm) -> datasets.Dataset:
+    """The training rows with their record IDs; a ``private_mask`` column from ``mark_private_spans`` if the arm uses one."""
+    rows = data.training_rows()
+    ds = datasets.Dataset.from_dict({
+        "input_ids": [r.tokens for r in rows],
+        memsinks.data.SEQUENCE_IDS: [data.record_id(r) for r in rows],
+    })
+    if arm.private_mask:
+        ds = memsinks.mark_private_spans(ds, tokenizer)
+    return ds
+
+
+def private_mask_coverage(ds, data) -> dict:
+    """How well the default patterns found the secrets: recall over secret tokens, share of marked tokens that are secret."""
+    rows = data.training_rows()
+    hit = secret = marked = 0
+    for row, mask in zip(rows, ds["private_mask"]):
+        hit += sum(a and b for a, b in zip(row.secret, mask))
+        secret += sum(row.secret)
+        marked += sum(mask)
+    return {"recall": hit / max(secret, 1), "precision": hit / max(marked, 1)}
+
+
+def _apply(arm, base, settings):
+    model = copy.deepcopy(base)
+    if arm.lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = [n for n in ("q_proj", "k_proj", "v_proj", "o_proj", "c_attn") if any(
+            name.endswith(n) for name, _ in model.named_modules())]
+        model = get_peft_model(model, LoraConfig(r=settings.lora_rank, lora_alpha=2 * settings.lora_rank,
+                                                 target_modules=targets, lora_dropout=0.0))
+    if arm.has_sinks:
+        memsinks.add_sinks(model, memsinks.SinksConfig(**arm.sinks))
+    return model
+
+
+def train_arm(arm, base, data, tokenizer, settings, seed: int) -> tuple[torch.nn.Module, dict]:
+    """(the fine-tuned model, training statistics: tokens/s, steps, final loss, private-mask coverage)."""
+    model = _apply(arm, base, settings)
+    ds = training_dataset(data, tokenizer, arm)
+    with tempfile.TemporaryDirectory() as out:
+        args = experiment_arguments(out, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+                                    seed=seed, epochs=settings.epochs, warmup_steps=0,
+                                    lr_scheduler_type="linear", logging_steps=10**9)
+        trainer = sinks_trainer(model, args, ds, tokenizer)
+        if arm.dp:
+            trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(
+                target_epsilon=settings.dp_epsilon, max_grad_norm=settings.dp_max_grad_norm,
+                privacy_unit="sequence_id", physical_batch_size=max(settings.batch_size, settings.headline_repeats)))
+        start = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - start
+    tokens = sum(len(t) for t in ds["input_ids"]) * settings.epochs
+    stats = {"tokens_per_s": tokens / seconds, "train_seconds": seconds, "steps": result.global_step,
+             "train_loss": result.training_loss}
+    if arm.private_mask:
+        stats["private_mask"] = private_mask_coverage(ds, data)
+    if arm.lora:
+        model = model.merge_and_unload()
+    return model.eval(), stats
