@@ -116,7 +116,7 @@ def _place(tmp: str, path: str, force: bool, option: str) -> None:
         raise FileExistsError(f"{option} {path} appeared while this run was working (another run writing the same "
                               "file?); it was left as it is. Pass --force to replace it, or choose another name.")
     except OSError as err:  # a file system without hard links: check, then rename
-        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
             raise
         if os.path.lexists(path):
             raise FileExistsError(f"{option} {path} appeared while this run was working; it was left as it is.")

@@ -163,7 +163,7 @@ def _read_data(args, model, tokenizer):
 
 def _check_inputs(model, args, members, canaries) -> None:
     """Everything the report will need of the inputs, checked before the export is written."""
-    from memsinks.probes._common import check_fits_context, check_token_range, vocabulary_size
+    from memsinks.probes._common import check_fits_context, check_min_length, check_token_range, vocabulary_size
 
     vocab = vocabulary_size(model)
     for seqs in (members, canaries):
@@ -171,20 +171,9 @@ def _check_inputs(model, args, members, canaries) -> None:
             check_token_range(seqs.sequences, vocab, seqs.where)
     if members is not None:
         check_fits_context(model, args.prefix_len, args.suffix_len)
-        _check_long_enough(members, "--members", args)
-
-
-def _check_long_enough(seqs, option: str, args) -> None:
-    """Extraction needs ``--prefix-len + --suffix-len`` tokens per sequence: say so before any work is done."""
-    need = args.prefix_len + args.suffix_len
-    short = [i for i, s in enumerate(seqs.sequences) if len(s) < need]
-    if short:
-        first = short[0]
-        raise ValueError(
-            f"{len(short)} of the {len(seqs)} {option} sequences are shorter than --prefix-len + --suffix-len = "
-            f"{need} tokens (the first is {seqs.where(first)}, with {len(seqs.sequences[first])} tokens). Lower "
-            "--prefix-len/--suffix-len or give longer sequences."
-        )
+        check_min_length(members.sequences, args.prefix_len + args.suffix_len, "--members sequences",
+                         "Extraction needs --prefix-len + --suffix-len tokens: lower them or give longer sequences.",
+                         members.where)
 
 
 def run_ablate(args) -> int:

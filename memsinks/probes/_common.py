@@ -151,14 +151,17 @@ def check_fits_context(model: nn.Module, prefix_len: int, suffix_len: int) -> No
                          "tokens. Lower prefix_len / suffix_len.")
 
 
-def check_min_length(sequences: Sequence[Sequence[int]], min_len: int, what: str, hint: str) -> None:
-    """Raise a ValueError naming how many sequences are shorter than ``min_len`` tokens."""
+def check_min_length(sequences: Sequence[Sequence[int]], min_len: int, what: str, hint: str,
+                     where: Callable[[int], str] | None = None) -> None:
+    """Raise a ValueError naming how many sequences are shorter than ``min_len`` tokens, and the first
+    (by ``where(i)``, e.g. its file and line; else its index)."""
     short = [i for i, s in enumerate(sequences) if len(s) < min_len]
     if short:
         shortest = min(len(sequences[i]) for i in short)
+        first = where(short[0]) if where is not None else f"index {short[0]}"
         raise ValueError(
             f"{len(short)} of {len(sequences)} {what} are shorter than {min_len} tokens (the shortest has "
-            f"{shortest}; first at index {short[0]}). {hint}"
+            f"{shortest}; the first is {first}). {hint}"
         )
 
 

@@ -14,6 +14,7 @@ holds numbers only, never the probed text. ``--attack dsp`` adds the dynamic sof
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -38,24 +39,18 @@ def _load(directory: str, device: str, what: str):
 
 def _check_inputs(args, model, members, nonmembers) -> None:
     """Token IDs in the model's vocabulary, and sequences long enough, each named by file and line, before any probe."""
-    from memsinks.probes._common import check_fits_context, check_token_range, vocabulary_size
+    from memsinks.probes._common import check_fits_context, check_min_length, check_token_range, vocabulary_size
 
     vocab = vocabulary_size(model)
     for probe_set, what in ((members, "members"), (nonmembers, "non-members")):
-        check_token_range(probe_set.tokens, vocab, lambda i, p=probe_set, w=what: p.where(i, w))
-        short = [i for i, t in enumerate(probe_set.tokens) if len(t) < 2]
-        if short:
-            raise ValueError(f"{probe_set.where(short[0], what)} has {len(probe_set.tokens[short[0]])} token(s); a "
-                             "probed sequence needs at least 2 (the first is context).")
+        where = functools.partial(probe_set.where, what=what)
+        check_token_range(probe_set.tokens, vocab, where)
+        check_min_length(probe_set.tokens, 2, what, "A probed sequence needs at least 2 tokens (the first is context).",
+                         where)
     check_fits_context(model, args.prefix_len, args.suffix_len)
-    need = args.prefix_len + args.suffix_len
-    short = [i for i, t in enumerate(members.tokens) if len(t) < need]
-    if short:
-        first = short[0]
-        raise ValueError(
-            f"{len(short)} of the {len(members)} members are shorter than {need} tokens (--prefix-len + --suffix-len; "
-            f"the first is {members.where(first, 'members')}, with {len(members.tokens[first])} tokens). Lower "
-            "--prefix-len/--suffix-len or give longer members.")
+    check_min_length(members.tokens, args.prefix_len + args.suffix_len, "members",
+                     "Extraction needs --prefix-len + --suffix-len tokens: lower them or give longer members.",
+                     functools.partial(members.where, what="members"))
 
 
 def run_probes(args, echo=print) -> dict:

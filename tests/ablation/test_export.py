@@ -14,6 +14,7 @@ from memsinks.ablation import (
 )
 from memsinks.ablation import export as export_mod
 from memsinks.ablation.output_dir import EXPORT_MARKER
+from tests.ablation.helpers import check_in_process
 from tests.conftest import run_python, tiny_model
 
 
@@ -103,16 +104,7 @@ def test_exports_have_the_expected_architecture_and_leave_the_input_alone(export
 @pytest.fixture
 def in_process_check(monkeypatch):
     """Replace the fresh-process check by the same comparison in this process (for tests about other things)."""
-    from transformers import AutoModelForCausalLM
-
-    def check(model_dir, input_ids, expected, dtype):
-        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-        with torch.no_grad():
-            diff = float((model(input_ids).logits - expected).abs().max())
-        assert diff <= export_mod.logit_tolerance(dtype, expected)
-        return diff
-
-    monkeypatch.setattr(export_mod, "verify_plain_export", check)
+    monkeypatch.setattr(export_mod, "verify_plain_export", check_in_process)
 
 
 def test_export_copies_the_tokenizer(tmp_path, in_process_check):

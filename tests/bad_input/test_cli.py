@@ -26,6 +26,7 @@ from memsinks.ablation import export as export_mod
 from memsinks.ablation.output_dir import EXPORT_MARKER
 from memsinks.cli import main
 from memsinks.probes import likelihood, membership
+from tests.ablation.helpers import check_in_process
 from tests.bad_input.tool_files import CONTEXT, assert_clean, snapshot, tool, write_jsonl, write_lines
 from tests.conftest import REPO
 
@@ -42,16 +43,7 @@ def t(tmp_path):
 @pytest.fixture
 def fast_check(monkeypatch):
     """The export's check, in this process (the fresh-process check has its own tests): saves seconds per export."""
-    from transformers import AutoModelForCausalLM
-
-    def check(model_dir, input_ids, expected, dtype):
-        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-        with torch.no_grad():
-            diff = float((model(input_ids).logits - expected).abs().max())
-        assert diff <= export_mod.logit_tolerance(dtype, expected)
-        return diff
-
-    monkeypatch.setattr(export_mod, "verify_plain_export", check)
+    monkeypatch.setattr(export_mod, "verify_plain_export", check_in_process)
 
 
 def _run(capsys, *argv):
