@@ -108,10 +108,16 @@ def sequence_id_list(ids: Sequence, what: str) -> list[int]:
 
 
 def vocabulary_size(model: nn.Module) -> int | None:
-    """Rows of the model's input embedding (the token IDs it accepts), else its config's ``vocab_size``."""
+    """Rows of the model's input embedding (the token IDs it accepts), else its config's ``vocab_size``.
+
+    Under DeepSpeed ZeRO-3 the local weight is an empty shard and ``ds_shape`` holds the full shape.
+    """
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if emb is not None and getattr(emb, "weight", None) is not None:
-        return int(emb.weight.shape[0])
+    weight = getattr(emb, "weight", None)
+    if weight is not None:
+        shape = tuple(getattr(weight, "ds_shape", weight.shape))
+        if len(shape) == 2 and shape[0] > 0:
+            return int(shape[0])
     value = getattr(getattr(model, "config", None), "vocab_size", None)
     return value if isinstance(value, int) else None
 
