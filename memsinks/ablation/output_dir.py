@@ -104,8 +104,12 @@ def check_output_dir(out: str | os.PathLike, checkpoint: str | os.PathLike, forc
 
 # ------------------------------------------------------------------------------------ temporary folders
 def make_owned_dir(parent: str, prefix: str) -> str:
-    """A new private folder ``parent/prefix*`` tagged with this process as its owner (see ``clean_stale``)."""
-    path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    """A new private folder ``parent/prefix<pid>-*`` tagged with this process as its owner (see ``clean_stale``).
+
+    The process ID is also in the name, so a folder whose owner was killed before it could write
+    the marker is still recognised.
+    """
+    path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
     try:
         with open(os.path.join(path, PARTIAL_MARKER), "w", encoding="utf-8") as f:
             json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
@@ -129,10 +133,24 @@ def _owner_gone(info: dict) -> bool:
     return False
 
 
-def clean_stale(parent: str, prefix: str, what: str) -> list[str]:
-    """Remove the folders ``parent/prefix*`` whose ``PARTIAL_MARKER`` names a finished (killed) owner; warn.
+def _owner_of(path: str, suffix: str) -> dict | None:
+    """The owner recorded in ``path``'s marker, else (killed before writing it) the process ID in its name."""
+    try:
+        with open(os.path.join(path, PARTIAL_MARKER), encoding="utf-8") as f:
+            info = json.load(f)
+        return info if isinstance(info, dict) else None
+    except FileNotFoundError:
+        pid, dash, _ = suffix.partition("-")
+        if not (dash and pid.isdigit()):
+            return None  # not a folder of ours
+        return {"pid": int(pid), "host": socket.gethostname(), "started": os.stat(path).st_mtime}
 
-    A folder without the marker is someone else's and is left alone, as is one whose owner runs.
+
+def clean_stale(parent: str, prefix: str, what: str) -> list[str]:
+    """Remove the folders ``parent/prefix*`` whose owner (``make_owned_dir``) was killed, or that are stale; warn.
+
+    A folder that ``make_owned_dir`` did not make is someone else's and is left alone, as is one
+    whose owner still runs.
     """
     removed = []
     try:
@@ -144,9 +162,8 @@ def clean_stale(parent: str, prefix: str, what: str) -> list[str]:
         if not name.startswith(prefix) or not os.path.isdir(path) or os.path.islink(path):
             continue
         try:
-            with open(os.path.join(path, PARTIAL_MARKER), encoding="utf-8") as f:
-                info = json.load(f)
-            stale = isinstance(info, dict) and _owner_gone(info)
+            info = _owner_of(path, name[len(prefix):])
+            stale = info is not None and _owner_gone(info)
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if stale:

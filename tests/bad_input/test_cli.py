@@ -235,7 +235,7 @@ def test_a_killed_export_leaves_partials_that_the_next_run_removes_and_names(tmp
                              "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     deadline = time.time() + 300
-    while not list(temp_root.glob("memsinks-verify-*")):  # written, now being checked in a fresh process
+    while not list(temp_root.glob("memsinks-verify-*/probe.safetensors")):  # written, now checked in a fresh process
         assert proc.poll() is None, proc.communicate()[1]
         assert time.time() < deadline
         time.sleep(0.02)
@@ -243,6 +243,9 @@ def test_a_killed_export_leaves_partials_that_the_next_run_removes_and_names(tmp
     proc.wait(timeout=60)
     left = list(tmp_path.glob(".out.partial-*")) + list(temp_root.glob("memsinks-verify-*"))
     assert len(left) == 2 and not out.exists()
+    unmarked = tmp_path / f".out.partial-{proc.pid}-killedearly"  # killed before it could write its marker
+    unmarked.mkdir()
+    left.append(unmarked)
     before = snapshot(t.checkpoint)
     monkeypatch.setattr(tempfile, "tempdir", str(temp_root))
     with caplog.at_level(logging.WARNING, logger="memsinks"):
@@ -252,6 +255,24 @@ def test_a_killed_export_leaves_partials_that_the_next_run_removes_and_names(tmp
         assert not path.exists() and str(path) in caplog.text
     assert (out / "model.safetensors").is_file()
     assert_clean(tmp_path, before)
+
+
+def test_stale_cleaning_leaves_a_running_or_foreign_folder_alone_and_ages_out_the_rest(tmp_path):
+    from memsinks.ablation.output_dir import PARTIAL_MARKER, clean_stale, make_owned_dir
+
+    running = make_owned_dir(str(tmp_path), ".out.partial-")  # this process is alive
+    foreign = tmp_path / ".out.partial-notours"
+    foreign.mkdir()
+    (foreign / "data.bin").write_bytes(b"someone else's")
+    before = snapshot(foreign)
+    assert clean_stale(str(tmp_path), ".out.partial-", "partial export folder(s)") == []
+    assert os.path.isdir(running) and snapshot(foreign) == before
+    marker = os.path.join(running, PARTIAL_MARKER)
+    info = json.loads(open(marker).read())
+    with open(marker, "w") as f:
+        json.dump({**info, "started": info["started"] - 2 * 24 * 3600}, f)  # two days old: its PID may be reused
+    assert clean_stale(str(tmp_path), ".out.partial-", "partial export folder(s)") == [running]
+    assert not os.path.exists(running) and foreign.is_dir()
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o027])
