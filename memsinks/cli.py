@@ -7,6 +7,7 @@ Each subcommand lives beside the code it runs and registers itself through an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -32,16 +33,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _transformers_bars(enabled: bool):
+    """Hide transformers' own progress bars (loading and writing weights) unless ``enabled``; restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled and was_enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not hf_logging.is_progress_bar_enabled():
+            hf_logging.enable_progress_bar()
+
+
+def _describe(err: Exception) -> str:
+    """One line for an error: the message, and for an OSError from the system also the file it concerns."""
+    if isinstance(err, OSError) and err.strerror and (len(err.args) > 1):
+        where = f": {err.filename}" if err.filename and str(err.filename) not in err.strerror else ""
+        return f"{err.strerror}{where}"
+    return str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    quiet = bool(getattr(args, "quiet", False) or getattr(args, "no_progress", False))
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"memsinks {args.command}: error: {err}", file=sys.stderr)
+        with _transformers_bars(enabled=not quiet):
+            return int(args.func(args) or 0)
+    except (ValueError, OSError) as err:  # bad input, or a file that cannot be read or written (a full disk)
+        print(f"memsinks {args.command}: error: {_describe(err)}", file=sys.stderr)
         return 2
 
 

@@ -9,7 +9,6 @@ working: the memorization sat in the sinks, the language in the shared units.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -22,6 +21,8 @@ import memsinks
 from memsinks._memorization_corpus import CorpusConfig, build, join_documents, training_dataset
 from memsinks._small_decoder import DecoderShape, build_decoder
 from memsinks._trainer_setup import experiment_arguments, sinks_trainer
+from memsinks._cli_args import data_source, path_arg
+from memsinks._io import check_output_file, write_json
 from memsinks.corpus import load_documents
 from memsinks.probes import token_nlls
 
@@ -146,19 +147,21 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="train a small model with and without sinks on the embedded corpus")
     p.add_argument("--quick", action="store_true", help="a smaller run (under a minute)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", metavar="SOURCE",
+    p.add_argument("--data", metavar="SOURCE", type=data_source,
                    help="train on this text instead of the embedded corpus: a .txt or .jsonl (field 'text') file, "
                         "a directory saved by datasets, or a datasets dataset name")
-    p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    p.add_argument("--json", metavar="FILE", type=path_arg, help="also write the numbers as JSON (a new file)")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
+    if args.json is not None:
+        check_output_file(args.json, "--json", force=args.force, inputs=[args.data])
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     settings.seed = args.seed
     settings.data = args.data
     out = run_demo(settings)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(out["results"], f, indent=2)
+    if args.json is not None:
+        write_json(args.json, out["results"], force=args.force)
     return 0

@@ -93,9 +93,9 @@ def markdown(summary: dict, config: dict, header: list[str], target_lines: list[
             ("gap_closed", "gap closed", 0, True), ("extraction_exact", "extraction", 0, True),
             ("heldout_task_loss", "held-out task loss", 3, False), ("general_loss", "general-text loss", 3, False),
             ("exposure_bits", "exposure (bits)", 1, False), ("step_time_ratio", "step time", 2, False)]
-    lines = header + ["", "| arm | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = header + ["", "| arm | seeds | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for name, row in summary.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(row, f, d, p) for f, _, d, p in cols) + " |")
+        lines.append(f"| {name} | {row['seeds']} | " + " | ".join(_fmt(row, f, d, p) for f, _, d, p in cols) + " |")
     lines += ["", "Targets:", ""] + [f"- {t}" for t in target_lines]
     if coverage:
         lines += ["", f"`mark_private_spans` with the default patterns found {100 * coverage['recall']:.1f}% of the "

@@ -114,9 +114,11 @@ def short_circuit_attention(model: nn.Module, blocks: int | Sequence[int]) -> It
     """
     _register()
     all_blocks = blocks_of(model)
-    chosen = [blocks] if isinstance(blocks, int) else list(blocks)
+    chosen = [blocks] if isinstance(blocks, int) and not isinstance(blocks, bool) else list(blocks)
     n = len(all_blocks)
     for b in chosen:
+        if isinstance(b, bool) or not isinstance(b, int):
+            raise ValueError(f"Blocks are given by int index; got {b!r} ({type(b).__name__}).")
         if not -n <= b < n:
             raise ValueError(f"Block {b} does not exist; the model has {n} blocks (0..{n - 1}).")
     modules = [attention_module(all_blocks[b]) for b in dict.fromkeys(b % n for b in chosen)]

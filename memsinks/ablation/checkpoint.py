@@ -17,9 +17,11 @@ import tempfile
 import torch
 from torch import nn
 
+from memsinks.ablation.output_dir import clean_stale, make_owned_dir
 from memsinks.config import SINKS_CONFIG_NAME
 from memsinks.save_and_load import checkpoint_weight_files
 
+PICKLE_PREFIX = "memsinks-pickle-"  # temporary folders holding a trusted pickle checkpoint converted to safetensors
 # Files a tokenizer may be saved as (save_pretrained of slow and fast tokenizers, chat templates).
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
@@ -83,9 +85,14 @@ def load_sinks_checkpoint(directory: str | os.PathLike, trust_pickle: bool = Fal
     try:
         if fmt == "safetensors":
             return memsinks.from_pretrained(directory, device=device)
-        with tempfile.TemporaryDirectory(prefix="memsinks-pickle-") as tmp:
+        root = tempfile.gettempdir()
+        clean_stale(root, PICKLE_PREFIX, "converted pickle checkpoint(s)")
+        tmp = make_owned_dir(root, PICKLE_PREFIX)  # tagged, so a later run removes it if this one is killed
+        try:
             _pickle_to_safetensors(directory, tmp)
             return memsinks.from_pretrained(tmp, device=device)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     except RuntimeError as err:
         raise CheckpointMismatchError(
             f"{directory}: its {SINKS_CONFIG_NAME} does not match its weights ({err}). Was the sinks config copied "
@@ -129,4 +136,43 @@ def load_tokenizer(directory: str | os.PathLike):
             "the model (tokenizer.save_pretrained(checkpoint)), or give token IDs in a .jsonl file "
             "({\"input_ids\": [...]} per line)."
         )
-    return AutoTokenizer.from_pretrained(directory)
+    try:
+        return AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{directory}: its tokenizer files could not be read ({type(err).__name__}: {err}); one is "
+                         "damaged or incomplete. Save the tokenizer again (tokenizer.save_pretrained).") from err
+    except Exception as err:  # the tokenizers library raises a bare Exception for a damaged tokenizer.json
+        if type(err) is not Exception:
+            raise
+        raise ValueError(f"{directory}: its tokenizer files could not be read ({err}); tokenizer.json is damaged. "
+                         "Save the tokenizer again (tokenizer.save_pretrained).") from err
+
+
+def load_plain_model(directory: str | os.PathLike, device: str | torch.device | None = None,
+                     use_safetensors: bool | None = None) -> nn.Module:
+    """A model without sinks from ``directory`` with stock transformers, strictly, in eval mode.
+
+    ``from_pretrained`` alone initialises missing tensors at random and drops unexpected ones with
+    a log line; here either is an error naming the tensors, since probing or reporting on a
+    partly random model would give wrong numbers without a word.
+    """
+    from transformers import AutoModelForCausalLM
+
+    directory = os.fspath(directory)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True,
+                                                           use_safetensors=use_safetensors)
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise ValueError(f"{directory}: its safetensors weights could not be read ({err}); a file is damaged or "
+                         "truncated. Copy or save it again.") from err
+    bad = {k: sorted(map(str, v))[:5] for k, v in info.items()
+           if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if bad:
+        raise CheckpointMismatchError(
+            f"{directory}: its weights do not match its config.json ({bad}); loading it would leave tensors at "
+            "random values. Use the config.json saved together with these weights.")
+    if device is not None:
+        model.to(device)
+    return model.eval()

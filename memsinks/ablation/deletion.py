@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 import memsinks
 from memsinks.ablation.checkpoint import load_sinks_checkpoint
 from memsinks.ablation.export import (
-    ExportResult, ExportVerificationError, atomic_output_dir, check_output_dir, copy_tokenizer, directory_size,
-    logit_tolerance, mlp_width, probe_batch, run_verifier,
+    ExportResult, ExportVerificationError, check_reference_logits, copy_tokenizer, directory_size, logit_tolerance,
+    mlp_width, probe_batch, run_verifier,
 )
+from memsinks.ablation.output_dir import atomic_output_dir, check_output_dir, write_export_marker
 from memsinks.ablation.pool_units import units_of_ids, zero_pool_units
 from memsinks.ablation.sequences import load_sequence_set
 from memsinks.config import validate_sequence_id
@@ -128,6 +129,8 @@ def export_with_deletion(
                 expected = model(input_ids, sequence_ids=seq_ids).logits.float()
             with memsinks.sinks_mode(model, "drop"):
                 expected_drop = model(input_ids).logits.float()
+        largest = max(check_reference_logits(expected, checkpoint), check_reference_logits(expected_drop, checkpoint))
+        tol = logit_tolerance(dtype, torch.cat([expected, expected_drop]))
         steps.update()
         steps.set_postfix_str("zeroing the IDs' sinks")
         n_units = delete_ids(model, ids)
@@ -139,25 +142,25 @@ def export_with_deletion(
             with open(os.path.join(tmp, DELETION_RECORD), "w", encoding="utf-8") as f:
                 json.dump({"deleted_ids": ids, "zeroed_pool_units": n_units, "source": os.path.abspath(checkpoint)}, f,
                           indent=2)
+            write_export_marker(tmp, "targeted deletion", checkpoint)
             steps.update()
             steps.set_postfix_str("verifying in a fresh process")
             diff = run_verifier(_VERIFY_DELETION, tmp, {"input_ids": input_ids, "sequence_ids": seq_ids,
                                                         "expected": expected, "expected_drop": expected_drop})
-            tol = logit_tolerance(dtype, expected)
             if not diff <= tol:
                 raise ExportVerificationError(
                     f"The checkpoint with deleted IDs differs from the input's exclude mode by up to {diff:.3g} "
-                    f"(tolerance {tol:.3g}); nothing was written."
+                    f"(tolerance {tol:.3g} for logits up to {largest:.3g}); nothing was written."
                 )
             steps.update()
-            size = directory_size(tmp)
     finally:
         steps.close()
     width = mlp_width(model)
     return ExportResult(
         out_dir=os.path.abspath(os.fspath(out)), checkpoint=os.path.abspath(checkpoint), kind="targeted deletion",
-        parameters=sum(p.numel() for p in model.parameters()), size_bytes=size, mlp_width_before=width,
-        mlp_width_after=width, max_abs_logit_diff=diff,
+        parameters=sum(p.numel() for p in model.parameters()), size_bytes=directory_size(os.fspath(out)),
+        mlp_width_before=width, mlp_width_after=width, max_abs_logit_diff=diff, logit_tolerance=tol,
+        max_abs_logit=largest,
         extra={"deleted_ids": ids, "zeroed_pool_units": n_units,
                "pool_units": get_router(model).total_pool, "tokenizer_files": copied},
     )

@@ -14,7 +14,6 @@ is never written to.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -22,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -30,9 +28,16 @@ from tqdm.auto import tqdm
 
 import memsinks
 from memsinks.ablation.checkpoint import load_sinks_checkpoint, tokenizer_files
+from memsinks.ablation.output_dir import (
+    VERIFY_PREFIX, atomic_output_dir, check_output_dir, make_owned_dir, write_export_marker,
+)
 from memsinks.architectures import get_width, layout_for
 
 PROBE_BATCH = (2, 16)  # (sequences, tokens) of the random batch whose logits the export must reproduce
+# A trained language model's logits stay within a few hundred; larger ones mean damaged weights (a flipped
+# exponent bit, an overflow), and a tolerance relative to them would let any error pass.
+MAX_ABS_LOGIT = 1e4
+TOLERANCE_SCALE_CAP = 100.0  # the relative part of the tolerance grows with the logits' scale up to here
 
 
 class ExportVerificationError(RuntimeError):
@@ -51,81 +56,12 @@ class ExportResult:
     mlp_width_before: int
     mlp_width_after: int
     max_abs_logit_diff: float
+    logit_tolerance: float | None = None  # the largest |diff| the check accepted
+    max_abs_logit: float | None = None  # the scale of the expected logits the tolerance was taken from
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _resolved(path: str | os.PathLike) -> str:
-    return os.path.realpath(os.path.abspath(os.fspath(path)))
-
-
-def _within(child: str, parent: str) -> bool:
-    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
-
-
-def check_output_dir(out: str | os.PathLike, checkpoint: str | os.PathLike, force: bool) -> None:
-    """Refuse an ``out`` that overlaps the input checkpoint, is a file, is not writable, or is a non-empty
-    directory without ``force``."""
-    out_r, ckpt_r = _resolved(out), _resolved(checkpoint)
-    if _within(out_r, ckpt_r) or _within(ckpt_r, out_r):
-        raise ValueError(
-            f"--out {out} overlaps the input checkpoint {checkpoint}; memsinks never writes into (or over) its "
-            "input. Choose a directory outside it."
-        )
-    if os.path.lexists(out) and not os.path.isdir(out):
-        raise FileExistsError(f"--out {out} exists and is not a directory.")
-    if os.path.isdir(out) and os.listdir(out) and not force:
-        raise FileExistsError(
-            f"--out {out} exists and is not empty. Choose a new directory, or pass --force (force=True) to replace "
-            "its contents once the new model is written and checked."
-        )
-    existing = os.path.dirname(out_r)
-    while not os.path.isdir(existing):
-        existing = os.path.dirname(existing)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"Cannot write beside --out {out}: {existing} is not writable.")
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out: str | os.PathLike, checkpoint: str | os.PathLike, force: bool = False) -> Iterator[str]:
-    """Yield a fresh temporary directory beside ``out``; on a clean exit it becomes ``out``.
-
-    On any exception (including KeyboardInterrupt) the temporary directory is deleted and
-    ``out`` is left as it was. With ``force``, an existing ``out`` is moved aside, replaced,
-    and deleted only after the new one is in place.
-    """
-    check_output_dir(out, checkpoint, force)
-    out = os.path.abspath(os.fspath(out))
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
-    try:
-        yield tmp
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _move_into_place(tmp: str, out: str) -> None:
-    if not os.path.isdir(out):
-        os.rename(tmp, out)
-        return
-    if not os.listdir(out):
-        os.rmdir(out)
-        os.rename(tmp, out)
-        return
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
-    os.rmdir(old)
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def probe_batch(model: nn.Module, seed: int = 0) -> torch.Tensor:
@@ -135,9 +71,25 @@ def probe_batch(model: nn.Module, seed: int = 0) -> torch.Tensor:
 
 
 def logit_tolerance(dtype: torch.dtype, reference: torch.Tensor) -> float:
-    """Largest acceptable |difference| of logits after removal: removing zeroed units changes summation order."""
-    scale = max(1.0, float(reference.abs().max()))
-    return (1e-4 if dtype in (torch.float32, torch.float64) else 2e-2) * scale
+    """Largest acceptable |difference| of logits after removal: an absolute floor plus a share of their scale.
+
+    Removing zeroed units changes the order of sums, so float32 logits differ in their last
+    bits, more for larger logits. The relative part stops growing at ``TOLERANCE_SCALE_CAP``:
+    logits of a damaged model can reach millions, and a share of those would pass any error.
+    """
+    floor, relative = (1e-4, 1e-4) if dtype in (torch.float32, torch.float64) else (2e-2, 2e-2)
+    return floor + relative * min(float(reference.abs().max()), TOLERANCE_SCALE_CAP)
+
+
+def check_reference_logits(reference: torch.Tensor, checkpoint: str) -> float:
+    """The largest |logit| of the input's expected logits; raise if they are not those of a sound model."""
+    largest = float(reference.abs().max())
+    if not largest <= MAX_ABS_LOGIT:
+        raise ExportVerificationError(
+            f"{checkpoint}: the input model's logits reach {largest:.3g} in magnitude on the check batch; a trained "
+            f"language model's stay far below {MAX_ABS_LOGIT:.0e}. Its weights look damaged (a flipped bit, an "
+            "overflow, NaN), so nothing was written. Check the checkpoint (or re-save it from training).")
+    return largest
 
 
 def mlp_width(model: nn.Module) -> int:
@@ -159,7 +111,8 @@ def copy_tokenizer(checkpoint: str, out: str) -> list[str]:
     return names
 
 
-# Runs in a fresh interpreter: loads the export with stock transformers only and prints the max |logit diff|.
+# Runs in a fresh interpreter: loads the export with stock transformers only (strictly: every tensor present and
+# used, with its shape) and prints the max |logit diff|.
 _VERIFY_PLAIN = """
 import json, sys
 sys.modules["memsinks"] = None  # the shipped model must load where memsinks is not installed
@@ -168,23 +121,34 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 model_dir, probe_path = sys.argv[1], sys.argv[2]
 probe = load_file(probe_path)
-model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
+model, info = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, output_loading_info=True)
+bad = {k: sorted(map(str, v))[:5] for k, v in info.items() if k in ("missing_keys", "unexpected_keys",
+       "mismatched_keys") and v}
+if bad:
+    sys.exit(f"the written weights do not match the written config.json: {bad}")
 with torch.no_grad():
-    logits = model(probe["input_ids"]).logits.float()
+    logits = model.eval()(probe["input_ids"]).logits.float()
 print(json.dumps({"max_abs_diff": float((logits - probe["expected"]).abs().max())}))
 """
 
 
 def run_verifier(code: str, model_dir: str, expected: dict[str, torch.Tensor]) -> float:
-    """Run ``code`` on ``model_dir`` in a fresh interpreter with the probe tensors; returns its max |diff|."""
+    """Run ``code`` on ``model_dir`` in a fresh interpreter with the probe tensors; returns its max |diff|.
+
+    The probe tensors go to a tagged temporary folder that the next export removes if this
+    process is killed before it can (``output_dir.atomic_output_dir``).
+    """
     from safetensors.torch import save_file
 
-    with tempfile.TemporaryDirectory(prefix="memsinks-verify-") as tmp:
+    tmp = make_owned_dir(tempfile.gettempdir(), VERIFY_PREFIX)
+    try:
         probe_path = os.path.join(tmp, "probe.safetensors")
         save_file({k: v.contiguous() for k, v in expected.items()}, probe_path)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         proc = subprocess.run([sys.executable, "-c", code, model_dir, probe_path], capture_output=True, text=True,
                               env=env, cwd=tmp, timeout=1800)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if proc.returncode != 0:
         raise ExportVerificationError(
             "The exported model could not be loaded and run in a fresh process; nothing was written.\n"
@@ -199,8 +163,9 @@ def verify_plain_export(model_dir: str, input_ids: torch.Tensor, expected: torch
     tol = logit_tolerance(dtype, expected)
     if not diff <= tol:
         raise ExportVerificationError(
-            f"The exported model's logits differ from the input's drop mode by up to {diff:.3g} (tolerance {tol:.3g}); "
-            "nothing was written. Please report this with the checkpoint's config.json and sinks_config.json."
+            f"The exported model's logits differ from the input's drop mode by up to {diff:.3g} (tolerance {tol:.3g} "
+            f"for logits up to {float(expected.abs().max()):.3g}); nothing was written. Please report this with the "
+            "checkpoint's config.json and sinks_config.json."
         )
     return diff
 
@@ -219,11 +184,13 @@ def export_without_sinks(
         prune: split placement: remove the sink units from the MLPs (a smaller model); False
             zeroes their down-projection weights and keeps the width. Append placement always
             restores the original architecture.
-        force: replace a non-empty ``out`` (only after the new model is written and checked).
+        force: replace an earlier export at ``out`` (a folder holding ``memsinks_export.json``;
+            only after the new model is written and checked). Any other non-empty ``out`` is refused.
         trust_pickle: allow a checkpoint whose weights are pickle (read with ``weights_only=True``).
     Returns:
         the ``ExportResult``; raises ExportVerificationError (and writes nothing) when the
-        written model does not reproduce the input's ``drop`` logits.
+        input's logits are not those of a sound model, or the written model does not
+        reproduce the input's ``drop`` logits within ``logit_tolerance``.
     """
     checkpoint = os.fspath(checkpoint)
     check_output_dir(out, checkpoint, force)
@@ -236,6 +203,7 @@ def export_without_sinks(
         input_ids = probe_batch(model)
         with torch.no_grad(), memsinks.sinks_mode(model, "drop"):
             expected = model(input_ids).logits.float()
+        largest = check_reference_logits(expected, checkpoint)
         steps.update()
         steps.set_postfix_str("removing sinks")
         plain = memsinks.remove_sinks(model, mode="drop", prune=prune)
@@ -244,16 +212,17 @@ def export_without_sinks(
             steps.set_postfix_str("saving")
             plain.save_pretrained(tmp)
             copied = copy_tokenizer(checkpoint, tmp)
+            write_export_marker(tmp, "sinks removed", checkpoint)
             steps.update()
             steps.set_postfix_str("verifying in a fresh process")
             diff = verify_plain_export(tmp, input_ids, expected, dtype)
             steps.update()
-            size = directory_size(tmp)
     finally:
         steps.close()
     return ExportResult(
         out_dir=os.path.abspath(os.fspath(out)), checkpoint=os.path.abspath(checkpoint), kind="sinks removed",
-        parameters=sum(p.numel() for p in plain.parameters()), size_bytes=size, mlp_width_before=width_before,
-        mlp_width_after=mlp_width(plain), max_abs_logit_diff=diff,
+        parameters=sum(p.numel() for p in plain.parameters()), size_bytes=directory_size(os.fspath(out)),
+        mlp_width_before=width_before, mlp_width_after=mlp_width(plain), max_abs_logit_diff=diff,
+        logit_tolerance=logit_tolerance(dtype, expected), max_abs_logit=largest,
         extra={"pruned": bool(prune), "tokenizer_files": copied},
     )

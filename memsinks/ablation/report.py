@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 import memsinks
 from memsinks.ablation.sequences import SequenceSet
+from memsinks.probes._common import sequence_id_list
 
 
 @dataclass
@@ -164,7 +165,7 @@ def _measure_all(model: nn.Module, data: ReportData, routed: bool, groups: dict[
     if nonmembers is not None:
         mia = probes.membership_inference(model, data.members.sequences, nonmembers[0],
                                           member_ids=ids(data.members.ids), nonmember_ids=ids(nonmembers[1]),
-                                          batch_size=data.batch_size,
+                                          batch_size=data.batch_size, tokenizer=data.tokenizer,
                                           pad_token_id=data.pad_token_id)
         for key, label in (("loss", "loss"), ("zlib", "zlib"), ("minkprob", "min-k% prob")):
             if key in mia.auc:
@@ -234,8 +235,10 @@ def removal_report(model: nn.Module, shipped: nn.Module, data: ReportData, expor
     notes = [f"Shipped model: {info['parameters_shipped']:,} parameters (with sinks: {info['parameters_with_sinks']:,})"
              + (f", {info['size_bytes'] / 2**20:.2f} MiB on disk" if "size_bytes" in info else "") + "."]
     if "out_dir" in info:
-        notes.append(f"Written to {info['out_dir']}; its logits match the drop mode (max |diff| "
-                     f"{info.get('max_abs_logit_diff', float('nan')):.2g}).")
+        notes.append(f"Written to {info['out_dir']}; its logits match the drop mode: max |diff| "
+                     f"{info.get('max_abs_logit_diff', float('nan')):.2g} within a tolerance of "
+                     f"{_or_nan(info.get('logit_tolerance')):.2g}, for logits up to "
+                     f"{_or_nan(info.get('max_abs_logit')):.3g} in magnitude.")
     info["notes"] = notes
     info.update(_settings_info(data))
     return AblationReport("Sinks removed: before (with sinks) and after (shipped)", REMOVAL_COLUMNS,
@@ -253,7 +256,7 @@ def deletion_report(before: nn.Module, after: nn.Module, deleted_ids: Sequence[i
     Extraction and loss are reported for the deleted documents (``deleted``, plus any member
     whose ID was deleted) and for the other members separately.
     """
-    gone = set(int(i) for i in deleted_ids)
+    gone = set(sequence_id_list(deleted_ids, "deleted_ids"))
     seqs, ids, too_short = [], [], 0
     for source in (deleted, data.members):
         if source is None:
@@ -290,6 +293,10 @@ def deletion_report(before: nn.Module, after: nn.Module, deleted_ids: Sequence[i
                           info)
 
 
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def _settings_info(data: ReportData) -> dict:
     return {"settings": {"prefix_len": data.prefix_len, "suffix_len": data.suffix_len,
                          "heldout_windows": len(data.heldout or []),
@@ -297,10 +304,12 @@ def _settings_info(data: ReportData) -> dict:
                          "canaries": len(data.canaries) if data.canaries is not None else 0}}
 
 
-def write_json(payload: dict, path: str) -> None:
-    """Write ``payload`` (a report's ``to_dict()`` and friends) to ``path`` as strict JSON (no NaN)."""
-    import json
+def write_json(payload: dict, path: str, force: bool = True) -> None:
+    """Write ``payload`` (a report's ``to_dict()`` and friends) to ``path`` as strict JSON (no NaN), atomically.
 
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, allow_nan=False)
-        f.write("\n")
+    ``force`` (the default, for library callers that own ``path``) replaces an existing file;
+    the command line passes its ``--force``.
+    """
+    from memsinks._io import write_json as write_atomically
+
+    write_atomically(path, payload, force=force)

@@ -19,13 +19,12 @@ record per line: a text, or, with ``id_kind="key"``, a document key.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import memsinks
-from memsinks.config import validate_sequence_id
+from memsinks._io import read_text
+from memsinks.probes.inputs import document_id, read_records, sequence_id, token_list
 
 ID_KINDS = ("content", "key")
 
@@ -36,13 +35,14 @@ class SequenceSet:
 
     ``sequences`` and ``texts`` are parallel to ``ids`` when every record has tokens (a file
     of document keys has none: ``sequences`` is then empty). ``texts[i]`` is None for a
-    record given as ``input_ids``.
+    record given as ``input_ids``. ``origins[i]`` is the record's ``file:line``, for messages.
     """
 
     sequences: list[list[int]] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
     source: str = ""
     texts: list[str | None] = field(default_factory=list)
+    origins: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -50,33 +50,12 @@ class SequenceSet:
     def subset(self, keep: list[bool]) -> "SequenceSet":
         pick = [i for i, k in enumerate(keep) if k]
         return SequenceSet([self.sequences[i] for i in pick] if self.sequences else [], [self.ids[i] for i in pick],
-                           self.source, [self.texts[i] for i in pick] if self.texts else [])
+                           self.source, [self.texts[i] for i in pick] if self.texts else [],
+                           [self.origins[i] for i in pick] if self.origins else [])
 
-
-def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a ``.jsonl`` file (dicts) or of a text file (``{"line": ...}`` per non-blank line)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist.")
-    records: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            if not path.endswith(".jsonl"):
-                records.append({"line": line})
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not valid JSON ({err.msg}).") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{n}: each line of a .jsonl file is an object, e.g. {{\"text\": \"...\"}}.")
-            records.append(record)
-    if not records:
-        raise ValueError(f"{path} holds no records.")
-    return records
+    def where(self, index: int) -> str:
+        """The file and line of sequence ``index`` (else its position in the set)."""
+        return self.origins[index] if self.origins else f"{self.source or 'sequence'}[{index}]"
 
 
 def encode_text(text: str, tokenizer, wrap_eos: bool = False) -> list[int]:
@@ -95,6 +74,7 @@ def load_sequence_set(
     id_kind: str | None = None,
     wrap_eos: bool = False,
     need_tokens: bool = True,
+    what: str = "sequences",
 ) -> SequenceSet:
     """Read a file of sequences and give each the ID training gave it.
 
@@ -103,15 +83,15 @@ def load_sequence_set(
         id_kind: ``"content"`` or ``"key"``, for records that state no ``sequence_id``/``doc_id``.
         wrap_eos: frame each text's tokens with EOS (as ``memsinks demo`` did in training).
         need_tokens: False for a set used only for its IDs (for example a file of document keys).
+        what: the file's role, for messages (``"--members"``).
     """
     if id_kind is not None and id_kind not in ID_KINDS:
         raise ValueError(f"id_kind must be one of {ID_KINDS}; got {id_kind!r}.")
     path = os.fspath(path)
     out = SequenceSet(source=path)
-    for n, record in enumerate(read_records(path), 1):
-        where = f"{path} record {n}"
-        if "line" in record:  # a plain-text line: the key itself for key IDs, else a text
-            record = {"doc_id": record["line"]} if id_kind == "key" else {"text": record["line"]}
+    # a plain-text line is the key itself for key IDs, else a text
+    for line, record in read_records(path, what, text_field="doc_id" if id_kind == "key" else "text"):
+        where = f"{path}:{line}"
         tokens = _tokens_of(record, tokenizer, wrap_eos, where)
         sid = _id_of(record, tokens, id_kind, where)
         if tokens is None and need_tokens:
@@ -120,6 +100,7 @@ def load_sequence_set(
         if tokens is not None:
             out.sequences.append(tokens)
             out.texts.append(record.get("text"))
+            out.origins.append(where)
         out.ids.append(sid)
     if out.sequences and len(out.sequences) != len(out.ids):
         raise ValueError(f"{path}: some records have tokens and others do not; give all or none.")
@@ -128,11 +109,11 @@ def load_sequence_set(
 
 def _id_of(record: dict, tokens: list[int] | None, id_kind: str | None, where: str) -> int:
     if "sequence_id" in record:
-        return validate_sequence_id(record["sequence_id"], f"{where}: sequence_id")
+        return sequence_id(record["sequence_id"], f"{where}: sequence_id")
     if "doc_id" in record:
         if id_kind == "content":
             raise ValueError(f"{where} has a \"doc_id\" (a key ID) but the ID kind was given as 'content'.")
-        return memsinks.key_id(record["doc_id"])
+        return document_id(record["doc_id"], f"{where}: doc_id")
     if id_kind is None:
         raise ValueError(
             f"{where} states no ID (\"sequence_id\" or \"doc_id\"), and which kind of ID training used was not said. "
@@ -149,19 +130,21 @@ def _id_of(record: dict, tokens: list[int] | None, id_kind: str | None, where: s
 
 def _tokens_of(record: dict, tokenizer, wrap_eos: bool, where: str) -> list[int] | None:
     if "input_ids" in record:
-        tokens = record["input_ids"]
-        if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
-                                                   for t in tokens):
-            raise ValueError(f"{where}: input_ids must be a list of non-negative ints.")
-        return list(tokens)
+        try:
+            return token_list(record["input_ids"], f"{where}: input_ids")
+        except TypeError as err:
+            raise ValueError(str(err)) from None
     text = record.get("text")
     if text is None:
         return None
     if not isinstance(text, str):
-        raise ValueError(f"{where}: text must be a string.")
+        raise ValueError(f"{where}: text must be a string; got {type(text).__name__}.")
     if tokenizer is None:
         raise ValueError(f"{where} is text, but there is no tokenizer to tokenize it (give input_ids instead).")
-    return encode_text(text, tokenizer, wrap_eos)
+    tokens = encode_text(text, tokenizer, wrap_eos)
+    if not tokens:
+        raise ValueError(f"{where}: the text tokenizes to no tokens at all.")
+    return tokens
 
 
 def chunk_text_file(path: str | os.PathLike, tokenizer, length: int, max_chunks: int | None = None) -> list[list[int]]:
@@ -169,10 +152,7 @@ def chunk_text_file(path: str | os.PathLike, tokenizer, length: int, max_chunks:
     from memsinks.data import chunk_tokens
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path, "held-out text")
     chunks = chunk_tokens(tokenizer(text, verbose=False)["input_ids"], length)  # long text: no length warning
     if not chunks:
         raise ValueError(f"{path} has fewer than {length} tokens; give a longer held-out text.")

@@ -31,13 +31,35 @@ logger = logging.getLogger("memsinks")
 METRIC_PREFIX = "memorization/"
 
 
+def find_trainer(state):
+    """The ``Trainer`` on the call stack whose ``state`` is ``state`` (the one running the current event), or None."""
+    from transformers import Trainer
+
+    frame = inspect.currentframe()
+    try:
+        for _ in range(20):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                break
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, Trainer) and candidate.state is state:
+                return candidate
+    finally:
+        del frame
+    return None
+
+
 class MemorizationCallback(TrainerCallback):
     """Runs ``compute(model)`` every ``every_n_steps`` optimizer steps, at each evaluation and at the
     end of training (each switchable), at most once per global step, and logs what it returns.
 
     Subclasses implement ``compute(model, state) -> dict[str, float | None]``; ``None`` values
-    (an undefined number, such as a sink gap with no gap) are left out of the log.
+    (an undefined number, such as a sink gap with no gap) are left out of the log. They list
+    every name they can log in ``METRICS`` and the names they log with their settings in
+    ``metric_names(model)``, which ``MemorizationAlert`` checks its thresholds against.
     """
+
+    METRICS: tuple[str, ...] = ()
 
     def __init__(self, every_n_steps: int | None = 200, on_evaluate: bool = True, at_train_end: bool = True):
         if every_n_steps is not None and (isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int)
@@ -53,6 +75,10 @@ class MemorizationCallback(TrainerCallback):
     def compute(self, model: torch.nn.Module, state) -> dict:
         raise NotImplementedError
 
+    def metric_names(self, model: torch.nn.Module | None = None) -> set[str]:
+        """The metric names this callback logs with its settings (on ``model``, where that matters)."""
+        return set(self.METRICS)
+
     def set_trainer(self, trainer) -> None:
         """Log through this Trainer (found automatically when the callback is given to a stock Trainer)."""
         self._trainer = trainer
@@ -60,20 +86,7 @@ class MemorizationCallback(TrainerCallback):
     def _find_trainer(self, state) -> None:
         if self._trainer is not None and self._trainer.state is state:
             return
-        from transformers import Trainer
-
-        frame = inspect.currentframe()
-        try:
-            for _ in range(16):
-                frame = frame.f_back if frame is not None else None
-                if frame is None:
-                    break
-                candidate = frame.f_locals.get("self")
-                if isinstance(candidate, Trainer) and candidate.state is state:
-                    self._trainer = candidate
-                    return
-        finally:
-            del frame
+        self._trainer = find_trainer(state) or self._trainer
 
     def on_init_end(self, args, state, control, **kwargs):
         self._find_trainer(state)

@@ -10,6 +10,7 @@ import torch
 from memsinks.callbacks.base import METRIC_PREFIX, MemorizationCallback
 from memsinks.callbacks.distributed import gather_probe_results, shard_indices
 from memsinks.model import has_sinks, sinks_mode
+from memsinks.probes._common import check_token_range, vocabulary_size
 from memsinks.probes.exposure import Canary, canary_exposure
 
 
@@ -28,6 +29,9 @@ class CanaryCallback(MemorizationCallback):
 
     Canaries are split across ranks under ``torch.distributed``; every rank logs the same numbers.
     """
+
+    METRICS = tuple(METRIC_PREFIX + name for name in ("canary_exposure_mean", "canary_exposure_max",
+                                                      "canary_log2_space"))
 
     def __init__(
         self,
@@ -60,6 +64,8 @@ class CanaryCallback(MemorizationCallback):
     def check_model(self, model: torch.nn.Module) -> None:
         if self.sinks_mode is not None and not has_sinks(model):
             raise ValueError(f"CanaryCallback(sinks_mode={self.sinks_mode!r}) needs a model with sinks.")
+        tokens = [list(self.tokenizer(c.text)["input_ids"]) for c in self.canaries]
+        check_token_range(tokens, vocabulary_size(model), lambda i: f"canary {i}")
 
     def _local(self, model: torch.nn.Module) -> dict[str, np.ndarray]:
         """Exposure (bits) and log2 |R| of this rank's share of the canaries."""

@@ -12,12 +12,13 @@ from memsinks.callbacks.base import METRIC_PREFIX, MemorizationCallback
 from memsinks.callbacks.distributed import gather_probe_results, rank_and_world, shard_indices
 from memsinks.model import has_sinks, sinks_mode
 from memsinks.probes._common import (
-    check_min_length, check_same_tokenizer, resolve_pad_token_id, sinks_mode_in_force,
+    check_fits_context, check_min_length, check_same_tokenizer, check_token_range, resolve_pad_token_id,
+    sinks_mode_in_force, vocabulary_size,
 )
 from memsinks.probes.extraction import ExtractionResult, extraction
 from memsinks.probes.inputs import ProbeSet
 from memsinks.probes.likelihood import sequence_losses
-from memsinks.probes.membership import MembershipResult, membership_scores
+from memsinks.probes.membership import SCORE_NAMES, MembershipResult, membership_scores
 from memsinks.probes.memorized_bits import MemorizedBitsResult, memorized_bits
 from memsinks.probes.sink_gap import SinkGapResult
 
@@ -25,6 +26,19 @@ logger = logging.getLogger("memsinks")
 
 PROBES = ("extraction", "membership", "sink_gap", "memorized_bits")
 DEFAULT_PROBES = ("extraction", "membership", "sink_gap")
+_EXTRACTION_METRICS = ("extraction_exact", "token_accuracy", "extraction_ngram_share")
+
+
+def _membership_metrics(scores) -> list[str]:
+    return [f"mia_{kind}_{score}" for kind in ("auc", "tpr_at_1pct_fpr") for score in scores]
+
+
+def check_probe_sets(model: torch.nn.Module, **probe_sets: ProbeSet | None) -> None:
+    """Raise, before training, if a probe set has token IDs outside the model's vocabulary (named by position)."""
+    vocab = vocabulary_size(model)
+    for name, probe_set in probe_sets.items():
+        if probe_set is not None:
+            check_token_range(probe_set.tokens, vocab, lambda i, p=probe_set, n=name: p.where(i, n))
 
 
 def select_examples(probe_set: ProbeSet, max_examples: int | None, seed: int) -> ProbeSet:
@@ -70,6 +84,9 @@ class ProbeCallback(MemorizationCallback):
     ``global_step`` and which examples it probes on ``seed``, so a resumed run continues the
     same series.
     """
+
+    METRICS = tuple(METRIC_PREFIX + name for name in (*_EXTRACTION_METRICS, *_membership_metrics(SCORE_NAMES),
+                                                      "memorized_bits", "sink_gap_closed"))
 
     def __init__(
         self,
@@ -129,9 +146,25 @@ class ProbeCallback(MemorizationCallback):
         self.log_examples, self.redact_to = log_examples, redact_to
         self.seed = seed
 
+    def metric_names(self, model: torch.nn.Module | None = None) -> set[str]:
+        names: list[str] = []
+        if "extraction" in self.probes:
+            names += _EXTRACTION_METRICS
+        if "membership" in self.probes:
+            names += _membership_metrics(["loss", "minkprob"] + (["zlib"] if self.tokenizer is not None else [])
+                                         + (["reference"] if self.reference_model is not None else []))
+        if "memorized_bits" in self.probes:
+            names.append("memorized_bits")
+        if "sink_gap" in self.probes and (model is None or has_sinks(model)):
+            names.append("sink_gap_closed")
+        return {METRIC_PREFIX + n for n in names}
+
     def check_model(self, model: torch.nn.Module) -> None:
         if self.sinks_mode is not None and not has_sinks(model):
             raise ValueError(f"ProbeCallback(sinks_mode={self.sinks_mode!r}) needs a model with sinks.")
+        if "extraction" in self.probes:
+            check_fits_context(model, self.prefix_len, self.suffix_len)
+        check_probe_sets(model, members=self.members, nonmembers=self.nonmembers)
 
     def _mode(self, model: torch.nn.Module):
         return sinks_mode(model, self.sinks_mode if has_sinks(model) else None)

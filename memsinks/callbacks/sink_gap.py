@@ -9,9 +9,9 @@ import torch
 
 from memsinks.callbacks.base import METRIC_PREFIX, MemorizationCallback
 from memsinks.callbacks.distributed import gather_probe_results, shard_indices
-from memsinks.callbacks.probe import select_examples
+from memsinks.callbacks.probe import check_probe_sets, select_examples
 from memsinks.model import has_sinks, sinks_mode
-from memsinks.probes._common import check_min_length, resolve_pad_token_id
+from memsinks.probes._common import check_fits_context, check_min_length, resolve_pad_token_id, sequence_id_list
 from memsinks.probes.extraction import extraction as run_extraction
 from memsinks.probes.inputs import ProbeSet
 from memsinks.probes.sink_gap import SinkGapResult, losses_own_and_drop
@@ -29,6 +29,10 @@ class SinkGapCallback(MemorizationCallback):
     ``sequence_ids`` column, ``member_ids=[...]``, or (the default) content IDs of the given
     token lists, which equal ``assign_sequence_ids``' when the tokens are the training tokens.
     """
+
+    METRICS = tuple(METRIC_PREFIX + "sink_gap_" + name for name in (
+        "closed", "loss_own", "loss_drop", "heldout_loss_own", "heldout_loss_drop", "extraction_own",
+        "extraction_drop"))
 
     def __init__(
         self,
@@ -56,7 +60,7 @@ class SinkGapCallback(MemorizationCallback):
             if ids is not None:
                 if len(ids) != len(probe_set):
                     raise ValueError(f"{name} has {len(ids)} IDs for {len(probe_set)} sequences.")
-                probe_set.ids = [int(i) for i in ids]
+                probe_set.ids = sequence_id_list(ids, name)
         self.members = select_examples(members, max_examples, seed)
         self.heldout = select_examples(heldout, max_examples, seed + 1)
         if extraction:
@@ -70,10 +74,16 @@ class SinkGapCallback(MemorizationCallback):
         self.batch_size = batch_size
         self.min_gap = min_gap
 
+    def metric_names(self, model: torch.nn.Module | None = None) -> set[str]:
+        return {m for m in self.METRICS if self.extraction or "extraction" not in m}
+
     def check_model(self, model: torch.nn.Module) -> None:
         if not has_sinks(model):
             raise ValueError("SinkGapCallback compares sinks on and dropped, but the model has no sinks "
                              "(attach them with memsinks.add_sinks before training).")
+        if self.extraction:
+            check_fits_context(model, self.prefix_len, self.suffix_len)
+        check_probe_sets(model, members=self.members, heldout=self.heldout)
 
     def _local(self, model: torch.nn.Module) -> dict[str, np.ndarray]:
         """This rank's per-example losses (and extraction hits) with sinks own and dropped."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -11,6 +11,7 @@ from torch import nn
 
 from memsinks.data import content_id
 from memsinks.model import get_router, has_sinks
+from memsinks.probes.inputs import sequence_id, token_list
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -55,7 +56,7 @@ def resolve_sequence_ids(
     if not has_sinks(model):
         return None
     if sequence_ids is not None:
-        ids = [int(i) for i in sequence_ids]
+        ids = sequence_id_list(sequence_ids, "sequence_ids")
         if len(ids) != len(sequences):
             raise ValueError(f"Got {len(ids)} sequence IDs for {len(sequences)} sequences; give one ID per sequence.")
         return ids
@@ -77,20 +78,80 @@ def as_token_lists(sequences: Sequence[Sequence[int]], what: str) -> list[list[i
                 f"{what}[{i}] is a string; the probes take token-ID lists. Tokenize first "
                 "(memsinks.probes.inputs.tokenize_sequences) or use the callbacks, which accept text."
             )
-        if isinstance(seq, torch.Tensor):
-            seq = seq.tolist()
-        out.append([int(t) for t in seq])
+        out.append(token_list(seq, f"{what}[{i}]"))
     return out
 
 
-def check_min_length(sequences: Sequence[Sequence[int]], min_len: int, what: str, hint: str) -> None:
-    """Raise a ValueError naming how many sequences are shorter than ``min_len`` tokens."""
+def sequence_id_list(ids: Sequence, what: str) -> list[int]:
+    """``ids`` as a list of sequence IDs, each checked as given (never cast); a ValueError names the bad one."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.tolist()
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
+        raise TypeError(f"{what} must be a list of sequence IDs (ints); got {type(ids).__name__}.")
+    return [sequence_id(i, f"{what}[{n}]") for n, i in enumerate(ids)]
+
+
+def vocabulary_size(model: nn.Module) -> int | None:
+    """Rows of the model's input embedding (the token IDs it accepts), else its config's ``vocab_size``.
+
+    Under DeepSpeed ZeRO-3 the local weight is an empty shard and ``ds_shape`` holds the full shape.
+    """
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(emb, "weight", None)
+    if weight is not None:
+        shape = tuple(getattr(weight, "ds_shape", weight.shape))
+        if len(shape) == 2 and shape[0] > 0:
+            return int(shape[0])
+    value = getattr(getattr(model, "config", None), "vocab_size", None)
+    return value if isinstance(value, int) else None
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The longest sequence the model's config allows (``n_positions`` / ``max_position_embeddings``), if stated."""
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+            return value
+    return None
+
+
+def check_token_range(sequences: Sequence[Sequence[int]], vocab_size: int | None,
+                      where: Callable[[int], str]) -> None:
+    """Raise a ValueError naming the first sequence (by ``where(i)``) with a token ID outside the vocabulary.
+
+    An out-of-range ID would otherwise fail deep inside the model's embedding (an IndexError
+    mid-training, or after an export was written).
+    """
+    if vocab_size is None:
+        return
+    for i, seq in enumerate(sequences):
+        if len(seq) and max(seq) >= vocab_size:
+            bad = next(t for t in seq if t >= vocab_size)
+            raise ValueError(f"{where(i)}: token ID {bad} is outside the model's vocabulary ({vocab_size} tokens, IDs "
+                             f"0..{vocab_size - 1}). Were these tokens made with another tokenizer?")
+
+
+def check_fits_context(model: nn.Module, prefix_len: int, suffix_len: int) -> None:
+    """Extraction feeds ``prefix_len + suffix_len - 1`` positions: raise if the model's context is shorter."""
+    limit = context_length(model)
+    if limit is not None and prefix_len + suffix_len - 1 > limit:
+        raise ValueError(f"Extraction prompts with prefix_len={prefix_len} tokens and decodes suffix_len={suffix_len}, "
+                         f"which needs {prefix_len + suffix_len - 1} positions, but the model's context is {limit} "
+                         "tokens. Lower prefix_len / suffix_len.")
+
+
+def check_min_length(sequences: Sequence[Sequence[int]], min_len: int, what: str, hint: str,
+                     where: Callable[[int], str] | None = None) -> None:
+    """Raise a ValueError naming how many sequences are shorter than ``min_len`` tokens, and the first
+    (by ``where(i)``, e.g. its file and line; else its index)."""
     short = [i for i, s in enumerate(sequences) if len(s) < min_len]
     if short:
         shortest = min(len(sequences[i]) for i in short)
+        first = where(short[0]) if where is not None else f"index {short[0]}"
         raise ValueError(
             f"{len(short)} of {len(sequences)} {what} are shorter than {min_len} tokens (the shortest has "
-            f"{shortest}; first at index {short[0]}). {hint}"
+            f"{shortest}; the first is {first}). {hint}"
         )
 
 

@@ -14,32 +14,43 @@ holds numbers only, never the probed text. ``--attack dsp`` adds the dynamic sof
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
 import sys
 
+from memsinks._cli_args import nonnegative_int, path_arg, positive_int
 from memsinks.config import EVAL_MODES, SINKS_CONFIG_NAME
 
 
 def _load(directory: str, device: str, what: str):
-    """(model, tokenizer or None) from a memsinks checkpoint or a plain transformers directory."""
+    """(model, tokenizer or None) from a memsinks checkpoint or a plain transformers directory, loaded strictly."""
     import memsinks
+    from memsinks.ablation.checkpoint import load_plain_model, load_tokenizer, tokenizer_files
 
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"The {what} directory {directory} does not exist.")
     if os.path.isfile(os.path.join(directory, SINKS_CONFIG_NAME)):
         model = memsinks.from_pretrained(directory).to(device)
     else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(directory).to(device).eval()
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-    except (OSError, ValueError):
-        tokenizer = None
+        model = load_plain_model(directory, device=device)
+    tokenizer = load_tokenizer(directory) if tokenizer_files(directory) else None
     return model, tokenizer
+
+
+def _check_inputs(args, model, members, nonmembers) -> None:
+    """Token IDs in the model's vocabulary, and sequences long enough, each named by file and line, before any probe."""
+    from memsinks.probes._common import check_fits_context, check_min_length, check_token_range, vocabulary_size
+
+    vocab = vocabulary_size(model)
+    for probe_set, what in ((members, "members"), (nonmembers, "non-members")):
+        where = functools.partial(probe_set.where, what=what)
+        check_token_range(probe_set.tokens, vocab, where)
+        check_min_length(probe_set.tokens, 2, what, "A probed sequence needs at least 2 tokens (the first is context).",
+                         where)
+    check_fits_context(model, args.prefix_len, args.suffix_len)
+    check_min_length(members.tokens, args.prefix_len + args.suffix_len, "members",
+                     "Extraction needs --prefix-len + --suffix-len tokens: lower them or give longer members.",
+                     functools.partial(members.where, what="members"))
 
 
 def run_probes(args, echo=print) -> dict:
@@ -56,21 +67,27 @@ def run_probes(args, echo=print) -> dict:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = _load(args.model_dir, device, "model")
-    if tokenizer is None:
-        raise FileNotFoundError(
-            f"No tokenizer in {args.model_dir}; save it beside the model (tokenizer.save_pretrained(MODEL_DIR))."
-        )
     try:
         members = ProbeSet.from_file(args.members, tokenizer, "members")
         nonmembers = ProbeSet.from_file(args.nonmembers, tokenizer, "non-members")
     except (TypeError, KeyError) as err:  # malformed records: report them as bad input
         raise ValueError(str(err)) from err
+    _check_inputs(args, model, members, nonmembers)
+    dsp_sets = _dsp_sets(args, model, members, tokenizer) if args.attack == "dsp" else None
     canaries = None
-    if args.canaries:
-        records = read_records(args.canaries, "canaries")
-        if any("text" not in r for r in records):
-            raise ValueError(f"{args.canaries}: canaries are texts (a 'text' field), so the secret can be located.")
-        canaries = [Canary.from_text(r["text"], args.canary_pattern, args.canary_alphabet) for r in records]
+    if args.canaries is not None:
+        if tokenizer is None:
+            raise ValueError(f"--canaries are texts scored through the tokenizer, and {args.model_dir} has none; save "
+                             "it beside the model (tokenizer.save_pretrained(MODEL_DIR)).")
+        canaries = []
+        for line, record in read_records(args.canaries, "canaries"):
+            if not isinstance(record.get("text"), str):
+                raise ValueError(f"{args.canaries}:{line}: canaries are texts (a 'text' field), so the secret can be "
+                                 "located.")
+            try:
+                canaries.append(Canary.from_text(record["text"], args.canary_pattern, args.canary_alphabet))
+            except ValueError as err:
+                raise ValueError(f"{args.canaries}:{line}: {err}") from None
     reference = None
     if args.reference:
         reference, ref_tokenizer = _load(args.reference, device, "reference model")
@@ -80,7 +97,7 @@ def run_probes(args, echo=print) -> dict:
     if args.sinks_mode and not with_sinks:
         raise ValueError(f"--sinks-mode {args.sinks_mode} needs a model with sinks; {args.model_dir} has none.")
     in_mode = memsinks.sinks_mode(model, args.sinks_mode)
-    pad = resolve_pad_token_id(model, tokenizer.pad_token_id)
+    pad = resolve_pad_token_id(model, getattr(tokenizer, "pad_token_id", None))
     progress = not args.no_progress
     stages = ["extraction"] + (["DSP attack"] if args.attack == "dsp" else []) \
         + ["membership inference", "memorized bits"] + (["sink gap"] if with_sinks else []) \
@@ -104,7 +121,7 @@ def run_probes(args, echo=print) -> dict:
             bar.update()
             if args.attack == "dsp":
                 bar.set_postfix_str("DSP attack")
-                results["dsp"] = _run_dsp(model, members, tokenizer, args, progress)
+                results["dsp"] = _run_dsp(model, *dsp_sets, args, progress)
                 bar.update()
             bar.set_postfix_str("membership inference")
             results["membership"] = membership_inference(
@@ -142,23 +159,28 @@ def run_probes(args, echo=print) -> dict:
     return results
 
 
-def _run_dsp(model, members, tokenizer, args, progress: bool) -> dict:
-    """The DSP attack: attacker pairs from ``--attack-pairs``, else the first ``--attack-split`` share of members.
+def _dsp_sets(args, model, members, tokenizer):
+    """(attacker pairs, evaluated members) of the DSP attack: ``--attack-pairs``, else the first ``--attack-split``
+    share of the members; the two sets are disjoint by ID."""
+    from memsinks.probes import ProbeSet
 
-    Evaluation runs on the members that are not attacker pairs; the two sets are disjoint by ID.
-    """
-    from memsinks.probes import DSPConfig, ProbeSet, dsp_extraction
+    if args.attack_pairs is not None:
+        attack = ProbeSet.from_file(args.attack_pairs, tokenizer, "attack pairs")
+        _check_inputs(args, model, attack, attack)
+        return attack, members
+    if not 0 < args.attack_split < 1:
+        raise ValueError(f"--attack-split must be in (0, 1); got {args.attack_split}.")
+    n_attack = int(round(args.attack_split * len(members)))
+    if n_attack < 1 or n_attack >= len(members):
+        raise ValueError(f"--attack-split {args.attack_split} of {len(members)} members leaves no attack or no "
+                         "evaluation sequences; give more members or --attack-pairs FILE.")
+    return members.subset(range(n_attack)), members.subset(range(n_attack, len(members)))
 
-    if args.attack_pairs:
-        attack, evals = ProbeSet.from_file(args.attack_pairs, tokenizer, "attack pairs"), members
-    else:
-        if not 0 < args.attack_split < 1:
-            raise ValueError(f"--attack-split must be in (0, 1); got {args.attack_split}.")
-        n_attack = int(round(args.attack_split * len(members)))
-        if n_attack < 1 or n_attack >= len(members):
-            raise ValueError(f"--attack-split {args.attack_split} of {len(members)} members leaves no attack or no "
-                             "evaluation sequences; give more members or --attack-pairs FILE.")
-        attack, evals = members.subset(range(n_attack)), members.subset(range(n_attack, len(members)))
+
+def _run_dsp(model, attack, evals, args, progress: bool) -> dict:
+    """The DSP attack: trained on the attacker's pairs, evaluated on ``evals``."""
+    from memsinks.probes import DSPConfig, dsp_extraction
+
     config = DSPConfig(n_prompts=args.dsp_prompts, steps=args.dsp_steps, lr=args.dsp_lr,
                        prompt_positions=args.dsp_prompt_positions)
     out = dsp_extraction(model, attack.tokens, evals.tokens, args.prefix_len, args.suffix_len, attack_ids=attack.ids,
@@ -232,45 +254,58 @@ def add_parser(subparsers) -> None:
         description="Extraction, membership inference, memorized bits, canary exposure and (with sinks) the sink gap "
                     "of a saved model on member and non-member files (one sequence per line, or .jsonl with 'text').",
     )
-    p.add_argument("model_dir", metavar="MODEL_DIR", help="a memsinks checkpoint or a transformers model directory")
-    p.add_argument("--members", required=True, metavar="FILE", help="training sequences (.txt or .jsonl)")
-    p.add_argument("--nonmembers", required=True, metavar="FILE", help="sequences never trained on")
-    p.add_argument("--reference", metavar="DIR", help="reference model with the same tokenizer (e.g. the base model)")
-    p.add_argument("--canaries", metavar="FILE", help="canary texts, one per line; the secret is the last match of "
-                                                      "--canary-pattern")
+    p.add_argument("model_dir", metavar="MODEL_DIR", type=path_arg,
+                   help="a memsinks checkpoint or a transformers model directory")
+    p.add_argument("--members", required=True, metavar="FILE", type=path_arg,
+                   help="training sequences (.txt or .jsonl)")
+    p.add_argument("--nonmembers", required=True, metavar="FILE", type=path_arg, help="sequences never trained on")
+    p.add_argument("--reference", metavar="DIR", type=path_arg,
+                   help="reference model with the same tokenizer (e.g. the base model)")
+    p.add_argument("--canaries", metavar="FILE", type=path_arg,
+                   help="canary texts, one per line; the secret is the last match of --canary-pattern")
     p.add_argument("--canary-pattern", default=r"\d+", help="regular expression of the secret (default: digits)")
     p.add_argument("--canary-alphabet", default="0123456789", help="characters each secret position draws from")
-    p.add_argument("--max-enumerate", type=int, default=100_000, help="rank exactly up to this many candidates")
-    p.add_argument("--canary-samples", type=int, default=10_000, help="candidates sampled for the skew-normal fit")
-    p.add_argument("--prefix-len", type=int, default=32, help="extraction prompt length in tokens (default 32)")
-    p.add_argument("--suffix-len", type=int, default=32, help="extraction continuation length (default 32)")
-    p.add_argument("--num-samples", type=int, default=0, help="top-k samples per prefix (default 0: greedy)")
-    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--max-enumerate", type=positive_int, default=100_000,
+                   help="rank exactly up to this many candidates")
+    p.add_argument("--canary-samples", type=positive_int, default=10_000,
+                   help="candidates sampled for the skew-normal fit")
+    p.add_argument("--prefix-len", type=positive_int, default=32,
+                   help="extraction prompt length in tokens (default 32)")
+    p.add_argument("--suffix-len", type=positive_int, default=32, help="extraction continuation length (default 32)")
+    p.add_argument("--num-samples", type=nonnegative_int, default=0,
+                   help="top-k samples per prefix (default 0: greedy)")
+    p.add_argument("--top-k", type=positive_int, default=40)
     p.add_argument("--attack", choices=("greedy", "dsp"), default="greedy",
                    help="dsp: also run the dynamic soft-prompt attack with no-prompt and static-prompt baselines")
-    p.add_argument("--attack-pairs", metavar="FILE", help="training sequences the DSP attacker knows (default: the "
-                                                          "first --attack-split share of the members)")
+    p.add_argument("--attack-pairs", metavar="FILE", type=path_arg,
+                   help="training sequences the DSP attacker knows (default: the first --attack-split share of the "
+                        "members)")
     p.add_argument("--attack-split", type=float, default=0.5, help="share of members given to the DSP attacker")
-    p.add_argument("--dsp-prompts", type=int, default=8, help="soft-prompt vectors m (default 8)")
-    p.add_argument("--dsp-steps", type=int, default=300, help="training steps of each prompt (default 300)")
+    p.add_argument("--dsp-prompts", type=positive_int, default=8, help="soft-prompt vectors m (default 8)")
+    p.add_argument("--dsp-steps", type=positive_int, default=300, help="training steps of each prompt (default 300)")
     p.add_argument("--dsp-lr", type=float, default=1e-3, help="learning rate of the prompts (default 1e-3)")
     p.add_argument("--dsp-prompt-positions", choices=("shifted", "overlap"), default="shifted",
                    help="shifted: the prefix follows the prompt's positions (the paper's attack); overlap: the prefix "
                         "keeps positions from 0, as in a model trained on windows that start at 0")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--sinks-mode", choices=EVAL_MODES, help="sinks mode for the probes other than the sink gap "
                                                             "(default: the checkpoint's eval mode)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--json", metavar="OUT", help="also write the numbers as JSON")
+    p.add_argument("--json", metavar="OUT", type=path_arg, help="also write the numbers as JSON (a new file)")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file (never an input)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
+    from memsinks._io import check_output_file, write_json
+
+    if args.json is not None:  # refused before any work: never an input, never an existing file without --force
+        inputs = [args.members, args.nonmembers, args.canaries, args.attack_pairs]
+        check_output_file(args.json, "--json", force=args.force, inputs=inputs,
+                          input_dirs=[args.model_dir, args.reference])
     results = run_probes(args)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
+    if args.json is not None:
+        write_json(args.json, results, force=args.force)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

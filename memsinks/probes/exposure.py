@@ -24,6 +24,8 @@ from torch import nn
 
 from memsinks.data import content_id
 from memsinks.probes._common import check_finite, sinks_mode_in_force
+from memsinks.probes.inputs import is_int, token_list
+from memsinks.probes.inputs import sequence_id as checked_sequence_id
 from memsinks.probes.likelihood import token_nlls
 from memsinks.probes.skewnormal import SkewNormal
 from memsinks.unwrap import unwrap_model
@@ -109,10 +111,10 @@ def _slots(secret, candidates, text_mode: bool) -> tuple[list[list], list[int]]:
         slots = [list(a) for a in candidates]  # a string alphabet becomes its characters
         values = list(secret)  # a string secret is one character per slot; else a list of slot strings
     else:
-        if len(candidates) and all(isinstance(c, (int, np.integer)) for c in candidates):
+        if len(candidates) and all(is_int(c) for c in candidates):
             candidates = [candidates] * len(secret)
-        slots = [[int(c) for c in a] for a in candidates]
-        values = [int(t) for t in secret]
+        slots = [token_list(a, f"candidates[{i}]") for i, a in enumerate(candidates)]
+        values = token_list(secret, "secret")
     if not values:
         raise ValueError("The secret is empty.")
     if len(slots) != len(values):
@@ -177,7 +179,7 @@ def canary_exposure(
         def encode(choice: Sequence[int]) -> list[int]:
             return list(tokenizer(prefix + "".join(slots[i][c] for i, c in enumerate(choice)) + suffix)["input_ids"])
     else:
-        prefix, suffix = [int(t) for t in prefix], [int(t) for t in suffix]
+        prefix, suffix = token_list(prefix, "prefix"), token_list(suffix, "suffix")
         if not prefix:
             raise ValueError("The canary needs a non-empty prefix: the first token of a sequence is not scored.")
 
@@ -189,10 +191,12 @@ def canary_exposure(
         raise ValueError("The canary encodes to fewer than 2 tokens; there is nothing to score.")
     if sequence_id is None and sinks_mode_in_force(model) == "own":
         sequence_id = content_id(canary_tokens)
+    elif sequence_id is not None:
+        sequence_id = checked_sequence_id(sequence_id, "sequence_id")
 
     def score(choices: list[Sequence[int]]) -> np.ndarray:
         seqs = [encode(c) for c in choices]
-        ids = None if sequence_id is None else [int(sequence_id)] * len(seqs)
+        ids = None if sequence_id is None else [sequence_id] * len(seqs)
         nlls = token_nlls(model, seqs, ids, batch_size=batch_size, pad_token_id=pad_token_id, progress=progress)
         totals = np.array([x.sum() for x in nlls], dtype=np.float64)
         check_finite({"candidate_nll": totals}, "canary exposure")

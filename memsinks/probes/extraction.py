@@ -13,7 +13,10 @@ from typing import Sequence
 import numpy as np
 from torch import nn
 
-from memsinks.probes._common import as_token_lists, check_min_length, resolve_sequence_ids
+from memsinks.probes._common import (
+    as_token_lists, check_fits_context, check_min_length, check_token_range, resolve_sequence_ids,
+    vocabulary_size,
+)
 from memsinks.probes.generation import generate_continuations
 from memsinks.unwrap import unwrap_model
 
@@ -137,6 +140,8 @@ def extraction(
         "or lower prefix_len / suffix_len.",
     )
     model = unwrap_model(model)
+    check_fits_context(model, prefix_len, suffix_len)
+    check_token_range(sequences, vocabulary_size(model), lambda i: f"sequence {i}")
     ids = resolve_sequence_ids(model, sequences, sequence_ids)
     prefixes = [s[:prefix_len] for s in sequences]
     target = np.array([s[prefix_len:prefix_len + suffix_len] for s in sequences], dtype=np.int64)

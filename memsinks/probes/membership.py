@@ -4,7 +4,9 @@ Scores (higher means "more likely a member"):
 
 - ``loss``: minus the mean token NLL (Yeom et al. 2018).
 - ``zlib``: minus the mean token NLL divided by the zlib-compressed length of the text in
-  bytes (Carlini et al. 2021): low loss on text that is not simply repetitive.
+  bytes (Carlini et al. 2021): low loss on text that is not simply repetitive. It needs the
+  tokenizer to turn tokens back into text; without one it is left out (with a warning), since
+  compressing token IDs instead would give a different score under the same name.
 - ``minkprob``: the mean log-probability of the k% least likely tokens, k = 20% (Min-K% Prob,
   Shi et al. 2024): members have fewer surprising tokens.
 - ``reference``: mean log-likelihood under the model minus under a reference model with the
@@ -14,6 +16,7 @@ Scores (higher means "more likely a member"):
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -28,12 +31,21 @@ from memsinks.probes.likelihood import token_nlls
 from memsinks.probes.roc import roc_auc, tpr_at_fpr
 from memsinks.unwrap import unwrap_model
 
+logger = logging.getLogger("memsinks")
 SCORE_NAMES = ("loss", "zlib", "minkprob", "reference")
+_said_no_zlib = False
 
 
 def _zlib_bytes(tokens: list[int], tokenizer) -> int:
-    text = tokenizer.decode(tokens) if tokenizer is not None else " ".join(map(str, tokens))
-    return len(zlib.compress(text.encode("utf-8")))
+    return len(zlib.compress(tokenizer.decode(tokens).encode("utf-8")))
+
+
+def _say_no_zlib() -> None:
+    global _said_no_zlib
+    if not _said_no_zlib:
+        _said_no_zlib = True
+        logger.warning("memsinks: no tokenizer was given, so the zlib membership score (which compresses the text) "
+                       "is left out; pass tokenizer=... to get it (said once).")
 
 
 def _min_k_mean_logprob(nll: np.ndarray, k: float) -> float:
@@ -55,8 +67,8 @@ def membership_scores(
 ) -> dict[str, np.ndarray]:
     """Per-sequence membership scores: a dict score name -> float64 array (N,).
 
-    ``reference`` is present only with a ``reference_model``. ``tokenizer`` decodes the tokens
-    for the zlib score (without it, the token IDs' decimal text is compressed).
+    ``reference`` is present only with a ``reference_model``; ``zlib`` only with a
+    ``tokenizer``, which decodes the tokens into the text it compresses.
     """
     if not 0.0 < minkprob_k <= 1.0:
         raise ValueError(f"minkprob_k must be in (0, 1]; got {minkprob_k}.")
@@ -65,11 +77,12 @@ def membership_scores(
     ids = resolve_sequence_ids(model, sequences, sequence_ids)
     nlls = token_nlls(model, sequences, ids, batch_size=batch_size, pad_token_id=pad_token_id, progress=progress)
     mean_nll = np.array([x.mean() for x in nlls])
-    scores = {
-        "loss": -mean_nll,
-        "zlib": -mean_nll / np.array([_zlib_bytes(s, tokenizer) for s in sequences], dtype=np.float64),
-        "minkprob": np.array([_min_k_mean_logprob(x, minkprob_k) for x in nlls]),
-    }
+    scores = {"loss": -mean_nll}
+    if tokenizer is not None:
+        scores["zlib"] = -mean_nll / np.array([_zlib_bytes(s, tokenizer) for s in sequences], dtype=np.float64)
+    else:
+        _say_no_zlib()
+    scores["minkprob"] = np.array([_min_k_mean_logprob(x, minkprob_k) for x in nlls])
     if reference_model is not None:
         reference_model = unwrap_model(reference_model)
         check_same_vocabulary(model, reference_model)

@@ -21,7 +21,7 @@ from torch import nn
 
 from memsinks.data import content_id
 from memsinks.model import has_sinks, sinks_mode
-from memsinks.probes._common import as_token_lists, check_finite, check_min_length
+from memsinks.probes._common import as_token_lists, check_finite, check_min_length, sequence_id_list
 from memsinks.probes.extraction import extraction as run_extraction
 from memsinks.probes.likelihood import sequence_losses
 from memsinks.unwrap import unwrap_model
@@ -132,10 +132,11 @@ def sink_gap(
             "was trained with. Pass member_ids=[memsinks.content_id(s) for s in members] for content IDs "
             "(assign_sequence_ids' default), or the key_id of each document for document-level IDs."
         )
-    member_ids = [int(i) for i in member_ids]
+    member_ids = sequence_id_list(member_ids, "member_ids")
     if len(member_ids) != len(members):
         raise ValueError(f"Got {len(member_ids)} member_ids for {len(members)} members; give one ID per member.")
-    heldout_ids = [content_id(s) for s in heldout] if heldout_ids is None else [int(i) for i in heldout_ids]
+    heldout_ids = [content_id(s) for s in heldout] if heldout_ids is None else sequence_id_list(heldout_ids,
+                                                                                                 "heldout_ids")
     if len(heldout_ids) != len(heldout):
         raise ValueError(f"Got {len(heldout_ids)} heldout_ids for {len(heldout)} held-out sequences.")
     if extraction:

@@ -36,7 +36,7 @@ def test_gap_closed_is_measured_against_standard_of_the_same_seed():
 def test_quick_run_writes_every_arm_and_mode(tmp_path):
     out = tmp_path / "out"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "finetune_isolation.py"), "--quick", "--threads", "1",
-                    "--arms", "headline", "--out", str(out)], check=True, cwd=REPO, capture_output=True, timeout=600)
+                    "--arms", "headline", "--seeds", "2", "--later-seed-arms", "sinks", "--out", str(out)], check=True, cwd=REPO, capture_output=True, timeout=600)
     results = json.loads((out / "results.json").read_text())
     rows = results["per_seed"]["0"]
     for name in ["standard", "lora", "dp", "sinks/drop", "sinks/own", "sinks/placebo", "sinks_private/drop"]:
@@ -45,6 +45,9 @@ def test_quick_run_writes_every_arm_and_mode(tmp_path):
                       "general_loss"]:
             assert isinstance(rows[name][field], (int, float)), (name, field)
     assert rows["standard"]["gap_closed"] == 0.0
+    later = results["per_seed"]["1"]  # the later seed runs only the named arms and the standard reference
+    assert set(later) == {"standard", "sinks/drop", "sinks/own", "sinks/placebo"}
+    assert results["summary"]["sinks/drop"]["seeds"] == 2 and results["summary"]["lora"]["seeds"] == 1
     assert 0.0 <= results["private_mask_coverage"]["recall"] <= 1.0
     assert (out / "results.md").read_text().startswith("# Fine-tuning isolation benchmark")
     assert (out / "tradeoff.png").stat().st_size > 0 and not list(out.glob("partial-*"))

@@ -11,7 +11,7 @@ from memsinks.ablation.deletion import DELETION_RECORD, parse_ids
 from memsinks.ablation.report import ReportData
 from memsinks.ablation.sequences import SequenceSet, load_sequence_set
 from memsinks.probes import extraction
-from tests.ablation_helpers import SUFFIX, trained_canary_model
+from tests.ablation.helpers import SUFFIX, trained_canary_model
 from tests.conftest import tiny_model
 
 

@@ -13,6 +13,8 @@ from memsinks.ablation import (
     load_sinks_checkpoint,
 )
 from memsinks.ablation import export as export_mod
+from memsinks.ablation.output_dir import EXPORT_MARKER
+from tests.ablation.helpers import check_in_process
 from tests.conftest import run_python, tiny_model
 
 
@@ -102,16 +104,7 @@ def test_exports_have_the_expected_architecture_and_leave_the_input_alone(export
 @pytest.fixture
 def in_process_check(monkeypatch):
     """Replace the fresh-process check by the same comparison in this process (for tests about other things)."""
-    from transformers import AutoModelForCausalLM
-
-    def check(model_dir, input_ids, expected, dtype):
-        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-        with torch.no_grad():
-            diff = float((model(input_ids).logits - expected).abs().max())
-        assert diff <= export_mod.logit_tolerance(dtype, expected)
-        return diff
-
-    monkeypatch.setattr(export_mod, "verify_plain_export", check)
+    monkeypatch.setattr(export_mod, "verify_plain_export", check_in_process)
 
 
 def test_export_copies_the_tokenizer(tmp_path, in_process_check):
@@ -143,24 +136,40 @@ def test_interrupted_export_leaves_no_output(tmp_path, monkeypatch, interruption
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # ... and neither it nor DIR survives
 
 
+def _earlier_export(path):
+    """A folder standing for an earlier export: its marker (what --force may replace) and an old file."""
+    path.mkdir()
+    (path / "old.txt").write_text("previous export")
+    (path / EXPORT_MARKER).write_text("{}")
+
+
 def test_interrupted_forced_export_keeps_the_old_output(tmp_path, monkeypatch):
     _save_checkpoint(tmp_path / "ckpt")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "old.txt").write_text("previous export")
+    _earlier_export(tmp_path / "out")
     monkeypatch.setattr(export_mod, "verify_plain_export", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         export_without_sinks(tmp_path / "ckpt", tmp_path / "out", force=True, progress=False)
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "out"]
-    assert os.listdir(tmp_path / "out") == ["old.txt"]
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(["old.txt", EXPORT_MARKER])
 
 
 def test_forced_export_replaces_old_contents(tmp_path, in_process_check):
     _save_checkpoint(tmp_path / "ckpt")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "old.txt").write_text("previous export")
+    _earlier_export(tmp_path / "out")
     export_without_sinks(tmp_path / "ckpt", tmp_path / "out", force=True, progress=False)
     assert "old.txt" not in os.listdir(tmp_path / "out") and (tmp_path / "out" / "config.json").exists()
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "out"]
+    assert json.loads((tmp_path / "out" / EXPORT_MARKER).read_text())["kind"] == "sinks removed"
+
+
+def test_force_never_deletes_a_folder_that_is_not_an_export(tmp_path, in_process_check):
+    _save_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"\xff\xd8 not a model")
+    with pytest.raises(FileExistsError, match=f"no {EXPORT_MARKER}.*Remove it yourself"):
+        export_without_sinks(tmp_path / "ckpt", tmp_path / "photos", force=True, progress=False)
+    assert os.listdir(tmp_path / "photos") == ["holiday.jpg"]
+    assert sorted(os.listdir(tmp_path)) == ["ckpt", "photos"]
 
 
 def test_verification_catches_a_wrong_model(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from memsinks.ablation import attribute_blocks, load_sinks_checkpoint, scaled_po
 from memsinks.ablation.attribution import attention_module, heldout_loss
 from memsinks.ablation.pool_units import units_of_block
 from memsinks.ablation.sweep import drop_scale, sweep_sink_pool
-from tests.ablation_helpers import SUFFIX, trained_canary_model
+from tests.ablation.helpers import SUFFIX, trained_canary_model
 from tests.conftest import tiny_model
 
 HOOK_FAMILIES = ["gpt2", "gpt_neox", "llama"]

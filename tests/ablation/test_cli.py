@@ -9,7 +9,7 @@ import torch
 
 import memsinks
 from memsinks.cli import main
-from tests.ablation_helpers import SUFFIX, trained_canary_model
+from tests.ablation.helpers import SUFFIX, trained_canary_model
 
 
 @pytest.fixture(scope="module")

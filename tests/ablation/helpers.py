@@ -3,6 +3,9 @@
 Trained once per test process (the result is cached) and saved, with its tokenizer, as a
 checkpoint the ablation tools can open. Small ``p_mem`` keeps the two canaries' sink subsets
 mostly apart, so deleting one leaves the other's memorization in place.
+
+``check_in_process`` stands in for the export's check in a fresh process in tests about other
+things (it costs seconds per export).
 """
 
 from __future__ import annotations
@@ -82,3 +85,16 @@ def trained_canary_model(steps: int = 150, seed: int = 0) -> Trained:
     tok.save_pretrained(root / "ckpt")
     return Trained(root / "ckpt", tok, list(corpus.canaries), canaries, list(corpus.repeated), stories,
                    list(corpus.heldout), [enc(t) for t in corpus.heldout])
+
+
+def check_in_process(model_dir, input_ids, expected, dtype) -> float:
+    """``export.verify_plain_export`` in this process: stock loading of ``model_dir`` must give ``expected``."""
+    from transformers import AutoModelForCausalLM
+
+    from memsinks.ablation import export as export_mod
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        diff = float((model(input_ids).logits - expected).abs().max())
+    assert diff <= export_mod.logit_tolerance(dtype, expected)
+    return diff
