@@ -114,8 +114,9 @@ def _scratch_run(key: str, title: str, arms, run_seed, seeds: list[int], out: st
 def run_scenario1(args, s1, seeds, results) -> None:
     text, source = load_text(args.text, s1.max_chars)
     tok = scenario1_tokenizer(text, s1.vocab_size)
+    print(f"scenarios 1, 1n: {source}", flush=True)
     if "1" in args.scenarios:
-        _scratch_run("scenario1", f"Scenario 1 (from scratch; {source})", scenario1.TRAINING_ARMS,
+        _scratch_run("scenario1", "Scenario 1 (from scratch)", scenario1.TRAINING_ARMS,
                      lambda seed: scenario1.run_seed(text, source, tok, s1, seed), seeds, args.out, results,
                      targets=report.targets)
     if "1n" in args.scenarios:
@@ -148,10 +149,11 @@ def run_scenario3(args, s3, seeds, results) -> None:
     text, source = general_text(args.text, s3.max_chars)
     tok = scenario3_tokenizer(text, s3)
     domain = {"heldout": "domain_heldout_loss", "heldout_label": "held-out loss on the second domain"}
+    print(f"scenarios 3, 3n: {source} mixed with repeated stories", flush=True)
     if "3" in args.scenarios:
-        _scratch_run("scenario3", f"Scenario 3 (domain mixture; {source} and repeated stories)",
-                     scenario3.TRAINING_ARMS, lambda seed: scenario3.run_seed(text, source, tok, s3, seed), seeds,
-                     args.out, results, targets=report.scenario3_targets, **domain)
+        _scratch_run("scenario3", "Scenario 3 (domain mixture)", scenario3.TRAINING_ARMS,
+                     lambda seed: scenario3.run_seed(text, source, tok, s3, seed), seeds, args.out, results,
+                     targets=report.scenario3_targets, **domain)
     if "3n" in args.scenarios:
         _scratch_run("scenario3_near_duplicates", "Scenario 3, near-duplicates", s3.near_duplicate_arms,
                      lambda seed: scenario3.run_near_duplicates_seed(text, source, tok, s3, seed), seeds, args.out,
