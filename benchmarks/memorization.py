@@ -1,7 +1,7 @@
 """How much memorization memsinks removes, what it costs, and how it compares with the alternatives.
 
     python benchmarks/memorization.py [--quick] [--text FILE] [--seeds 3] --out DIR
-                                      [--scenarios 1,2] [--base-model DIR] [--s2-arms a,b,...]
+                                      [--scenarios 1,1n,2,3,3n] [--base-model DIR] [--s2-arms a,b,...]
 
 Scenario 1 trains a small GPT-2 from scratch on windows of a text (``--text``; the embedded
 demo generator without it), with some windows and canaries repeated, once per arm: standard,
@@ -9,11 +9,16 @@ dedup, goldfish loss, DP-SGD (ε=8) and memorization sinks (measured with sinks 
 each sequence's own sinks, and at their mean). Scenario 2 pretrains a small Llama (or loads
 ``--base-model``) and fine-tunes it on records carrying personal data repeated 1 to 32 times,
 with full fine-tuning, dedup, goldfish, DP-SGD, append-placement sinks and LoRA on q/k vs v/o.
+Scenario 3 trains from scratch on the text's unique windows mixed with a second domain
+(templated children's stories) present only as a few hundred sequences repeated many times,
+with the arms of scenario 1 plus near-duplicate dedup (MinHash LSH). ``1n`` and ``3n`` are
+scenarios 1 and 3 with near-duplicate copies instead of exact repeats, with exact and MinHash
+dedup and memsinks under each choice of sequence ID.
 
 Writes into DIR: ``results.json`` (means over seeds with ``<field>_std`` siblings, the config,
 the machine, and plain statements of whether each target is met), ``results.md`` (tables) and
 PNG plots (memorization vs held-out loss per arm; training curves per arm). ``--quick`` is a
-smoke run of a few minutes; the numbers it gives are not the science.
+smoke run of a couple of minutes; the numbers it gives are not the science.
 """
 
 from __future__ import annotations
@@ -30,9 +35,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from memorization_lib import report, scenario1, scenario2  # noqa: E402
+from memorization_lib import report, scenario1, scenario2, scenario3  # noqa: E402
 from memorization_lib.data import load_text, scenario1_tokenizer  # noqa: E402
-from memorization_lib.settings import Scenario1Settings, Scenario2Settings, to_dict  # noqa: E402
+from memorization_lib.markdown import markdown_report  # noqa: E402
+from memorization_lib.mixture import general_text, scenario3_tokenizer  # noqa: E402
+from memorization_lib.plots import plot_curves, plot_tradeoff  # noqa: E402
+from memorization_lib.settings import Scenario1Settings, Scenario2Settings, Scenario3Settings, to_dict  # noqa: E402
+
+SCENARIOS = ("1", "1n", "2", "3", "3n")  # 1n, 3n: scenarios 1 and 3 with near-duplicate copies
 
 
 def machine_description(threads: int) -> str:
@@ -57,16 +67,18 @@ def parse_args(argv=None):
     p.add_argument("--text", help="text file to train on (default: the embedded demo generator)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
     p.add_argument("--out", required=True, help="folder to write results.json, results.md and the plots into")
-    p.add_argument("--scenarios", default="1,2", help="which scenarios to run: 1, 2 or 1,2 (default)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help="which scenarios to run, comma-separated from 1, 1n, 2, 3, 3n (1n, 3n: the near-duplicate "
+                        "variants of 1 and 3); default all")
     p.add_argument("--base-model", help="scenario 2: fine-tune this pretrained model (a transformers folder, or one "
                                         "holding a single .gguf file) instead of pretraining a small one")
     p.add_argument("--s2-arms", help="scenario 2: only these arms (comma-separated, e.g. standard,memsinks,lora_vo_r4)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, CPUs))")
     args = p.parse_args(argv)
     scenarios = {x.strip() for x in args.scenarios.split(",") if x.strip()}
-    if not scenarios or not scenarios <= {"1", "2"}:
-        p.error(f"--scenarios takes 1, 2 or 1,2; got {args.scenarios!r}")
-    args.scenarios = sorted(scenarios)
+    if not scenarios or not scenarios <= set(SCENARIOS):
+        p.error(f"--scenarios takes a comma-separated list from {', '.join(SCENARIOS)}; got {args.scenarios!r}")
+    args.scenarios = [x for x in SCENARIOS if x in scenarios]
     if args.seeds is None:
         args.seeds = 1 if args.quick else 3
     if args.seeds < 1:
@@ -79,6 +91,75 @@ def parse_args(argv=None):
     return args
 
 
+def _scratch_run(key: str, title: str, arms, run_seed, seeds: list[int], out: str, results: dict, *, targets=None,
+                 findings_part: str | None = None, **heldout) -> None:
+    """Run a from-scratch scenario (``run_seed(seed)`` per seed) into ``results[key]``, with its targets (a function
+    of the summary) or its near-duplicate findings on the corpus part ``findings_part``, and its plots."""
+    start = time.perf_counter()
+    print(f"{title}: {len(seeds)} seed(s); arms {', '.join(arms)}", flush=True)
+    per_seed = [run_seed(seed) for seed in seeds]
+    summary = report.summarize_seeds(per_seed)
+    if targets is not None:
+        summary["targets"] = targets(summary)
+    if findings_part is not None:
+        summary["findings"] = report.near_duplicate_findings(summary, findings_part)
+    summary["seconds"] = time.perf_counter() - start
+    results[key] = summary
+    plot_tradeoff(summary["arms"], os.path.join(out, f"{key}_tradeoff.png"), f"{title}: memorization vs held-out loss",
+                  **heldout)
+    plot_curves(per_seed[0]["curves"], os.path.join(out, f"{key}_curves.png"),
+                f"{title}, training curves (seed {seeds[0]})")
+
+
+def run_scenario1(args, s1, seeds, results) -> None:
+    text, source = load_text(args.text, s1.max_chars)
+    tok = scenario1_tokenizer(text, s1.vocab_size)
+    print(f"scenarios 1, 1n: {source}", flush=True)
+    if "1" in args.scenarios:
+        _scratch_run("scenario1", "Scenario 1 (from scratch)", scenario1.TRAINING_ARMS,
+                     lambda seed: scenario1.run_seed(text, source, tok, s1, seed), seeds, args.out, results,
+                     targets=report.targets)
+    if "1n" in args.scenarios:
+        _scratch_run("scenario1_near_duplicates", "Scenario 1, near-duplicates", s1.near_duplicate_arms,
+                     lambda seed: scenario1.run_near_duplicates_seed(text, source, tok, s1, seed), seeds, args.out,
+                     results, findings_part="repeated")
+
+
+def run_scenario2(args, s2, seeds, results) -> None:
+    start = time.perf_counter()
+    text, _ = load_text(args.text, s2.max_chars)
+    base = scenario2.prepare_base(text, s2, seeds[0])
+    print(f"scenario 2: {len(seeds)} seed(s); arms {', '.join(scenario2.training_arms(s2))}", flush=True)
+    per_seed = [scenario2.run_seed(base, s2, seed) for seed in seeds]
+    summary = report.summarize_seeds(per_seed)
+    summary["base"] = base["description"]
+    summary["base_model_metrics"] = scenario2.evaluate_base(base, s2, seeds[0])
+    summary["pretrain_seconds"] = base["pretrain_seconds"]
+    top = str(max(s2.repeat_groups))
+    summary["lora_findings"] = report.lora_findings(summary["arms"], s2.lora_ranks, top)
+    summary["seconds"] = time.perf_counter() - start
+    results["scenario2"] = summary
+    plot_tradeoff(summary["arms"], os.path.join(args.out, "scenario2_tradeoff.png"),
+                  f"Scenario 2 (fine-tuning): memorization of the x{top} records vs held-out loss")
+    plot_curves(per_seed[0]["curves"], os.path.join(args.out, "scenario2_curves.png"),
+                f"Scenario 2 fine-tuning curves (seed {seeds[0]})")
+
+
+def run_scenario3(args, s3, seeds, results) -> None:
+    text, source = general_text(args.text, s3.max_chars)
+    tok = scenario3_tokenizer(text, s3)
+    domain = {"heldout": "domain_heldout_loss", "heldout_label": "held-out loss on the second domain"}
+    print(f"scenarios 3, 3n: {source} mixed with repeated stories", flush=True)
+    if "3" in args.scenarios:
+        _scratch_run("scenario3", "Scenario 3 (domain mixture)", scenario3.TRAINING_ARMS,
+                     lambda seed: scenario3.run_seed(text, source, tok, s3, seed), seeds, args.out, results,
+                     targets=report.scenario3_targets, **domain)
+    if "3n" in args.scenarios:
+        _scratch_run("scenario3_near_duplicates", "Scenario 3, near-duplicates", s3.near_duplicate_arms,
+                     lambda seed: scenario3.run_near_duplicates_seed(text, source, tok, s3, seed), seeds, args.out,
+                     results, findings_part="domain", **domain)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     threads = args.threads or max(1, min(2, os.cpu_count() or 1))
@@ -86,6 +167,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     seeds = list(range(args.seeds))
     s1 = Scenario1Settings.quick() if args.quick else Scenario1Settings()
+    s3 = Scenario3Settings.quick() if args.quick else Scenario3Settings()
     if args.base_model:
         s2 = Scenario2Settings.pretrained(args.base_model)
     else:
@@ -98,50 +180,21 @@ def main(argv=None) -> int:
         "config": {"command": command, "quick": args.quick, "seeds": seeds, "threads": threads,
                    "text": args.text or "embedded demo generator", "scenarios": args.scenarios,
                    "std": "sample std over seeds (ddof=1); 0.0 with one seed",
-                   "scenario1": to_dict(s1), "scenario2": to_dict(s2)},
+                   "scenario1": to_dict(s1), "scenario2": to_dict(s2), "scenario3": to_dict(s3)},
         "machine": machine_description(threads),
     }
     started = time.perf_counter()
-
-    if "1" in args.scenarios:
-        text, source = load_text(args.text, s1.max_chars)
-        tok = scenario1_tokenizer(text, s1.vocab_size)
-        print(f"scenario 1: {source}; {len(seeds)} seed(s); arms {', '.join(scenario1.TRAINING_ARMS)}", flush=True)
-        per_seed = [scenario1.run_seed(text, source, tok, s1, seed)
-                    for seed in seeds]
-        summary = report.summarize_seeds(per_seed)
-        summary["targets"] = report.targets(summary)
-        summary["seconds"] = time.perf_counter() - started
-        results["scenario1"] = summary
-        report.plot_tradeoff(summary["arms"], os.path.join(args.out, "scenario1_tradeoff.png"),
-                             "Scenario 1 (from scratch): memorization vs held-out loss")
-        report.plot_curves(per_seed[0]["curves"], os.path.join(args.out, "scenario1_curves.png"),
-                           f"Scenario 1 training curves (seed {seeds[0]})")
-
+    if {"1", "1n"} & set(args.scenarios):
+        run_scenario1(args, s1, seeds, results)
     if "2" in args.scenarios:
-        t2 = time.perf_counter()
-        text, _ = load_text(args.text, s2.max_chars)
-        base = scenario2.prepare_base(text, s2, seeds[0])
-        print(f"scenario 2: {len(seeds)} seed(s); arms {', '.join(scenario2.training_arms(s2))}", flush=True)
-        per_seed = [scenario2.run_seed(base, s2, seed) for seed in seeds]
-        summary = report.summarize_seeds(per_seed)
-        summary["base"] = base["description"]
-        summary["base_model_metrics"] = scenario2.evaluate_base(base, s2, seeds[0])
-        summary["pretrain_seconds"] = base["pretrain_seconds"]
-        top = str(max(s2.repeat_groups))
-        summary["lora_findings"] = report.lora_findings(summary["arms"], s2.lora_ranks, top)
-        summary["seconds"] = time.perf_counter() - t2
-        results["scenario2"] = summary
-        report.plot_tradeoff(summary["arms"], os.path.join(args.out, "scenario2_tradeoff.png"),
-                             f"Scenario 2 (fine-tuning): memorization of the x{top} records vs held-out loss")
-        report.plot_curves(per_seed[0]["curves"], os.path.join(args.out, "scenario2_curves.png"),
-                           f"Scenario 2 fine-tuning curves (seed {seeds[0]})")
-
+        run_scenario2(args, s2, seeds, results)
+    if {"3", "3n"} & set(args.scenarios):
+        run_scenario3(args, s3, seeds, results)
     results["seconds"] = time.perf_counter() - started
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
         f.write("\n")
-    md = report.markdown_report(results)
+    md = markdown_report(results)
     with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
         f.write(md + "\n")
     print(md)

@@ -5,9 +5,10 @@
 
 For every combination of the setup values (model shape, repetitions, learning rate, epochs:
 fields of ``Scenario1Settings`` / ``DecoderShape``) the ``standard`` arm is trained once; for
-every combination of the sinks values (``p_gen``, ``p_mem``) on top of it, the ``memsinks``
-arm. Only losses are measured (repeated and held-out windows, sinks dropped / own / mean),
-which is what the gap-closed share and the held-out cost need.
+every combination of the sinks values (``SinksConfig`` fields such as ``p_gen`` and ``p_mem``,
+over the settings' ``sinks``) on top of it, the ``memsinks`` arm. Only losses are measured
+(repeated and held-out windows, sinks dropped / own / mean), which is what the gap-closed share
+and the held-out cost need.
 
 The sweep draws its repeated and held-out windows with its own seeds (default 100, apart from
 the benchmark's 0, 1, 2), so that choosing settings from it does not fit them to the
@@ -39,7 +40,7 @@ from memsinks._memorization_corpus import training_dataset  # noqa: E402
 from memsinks._small_decoder import DecoderShape  # noqa: E402
 from memsinks.probes import sequence_losses  # noqa: E402
 
-SINK_KEYS = {"p_gen", "p_mem"}
+SINK_KEYS = {f.name for f in dataclasses.fields(memsinks.SinksConfig)}
 SHAPE_KEYS = {f.name for f in dataclasses.fields(DecoderShape)}
 
 
@@ -103,7 +104,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--text")
     p.add_argument("--out", required=True)
-    p.add_argument("--grid", default="p_gen=0.5 p_mem=0.3", help="sinks values to sweep (p_gen, p_mem)")
+    p.add_argument("--grid", default="p_gen=0.5 p_mem=0.3",
+                   help="sinks values to sweep (SinksConfig fields, e.g. p_gen, p_mem), over the settings' sinks")
     p.add_argument("--setup", default="", help="setup values to sweep (Scenario1Settings / DecoderShape fields)")
     p.add_argument("--seeds", default="100", help="comma-separated seeds (default 100: apart from the benchmark's)")
     p.add_argument("--threads", type=int, default=None)
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     sink_grid = parse_grid(args.grid)
     if set(sink_grid) - SINK_KEYS:
-        p.error(f"--grid takes {sorted(SINK_KEYS)}; put other fields in --setup")
+        p.error(f"--grid takes SinksConfig fields {sorted(SINK_KEYS)}; put other fields in --setup")
     base = Scenario1Settings()
     seeds = [int(x) for x in args.seeds.split(",")]
     rows = []
@@ -128,7 +130,7 @@ def main(argv=None) -> int:
             print(f"{setup} seed {seed}: standard held-out {std['heldout']:.3f} repeated {std['repeated']:.3f} "
                   f"({secs:.0f} s)", flush=True)
             for sinks in combos(sink_grid):
-                sinks = {"p_gen": s.p_gen, "p_mem": s.p_mem, **sinks}
+                sinks = {**s.sinks, **sinks}
                 start = time.perf_counter()
                 ms, secs = train(s, data, seed, sinks)
                 std_gap = std["heldout"] - std["repeated"]

@@ -108,6 +108,11 @@ class Scenario1Data:
         c = self.corpus
         return [Source(c.train), Source(c.repeated, repeats), Source(c.canaries, canary_repeats)]
 
+    def near_duplicate_sources(self, swapper, copies: int, rate: float, seed: int) -> list[Source]:
+        """Unique windows once and ``copies`` near-duplicate copies of each repeated window (``rate`` of its
+        tokens swapped, keyed by the window; see ``near_duplicates``); no canaries."""
+        return [Source(self.corpus.train), swapper.copies(self.corpus.repeated, copies, rate, seed)]
+
 
 def scenario1_tokenizer(text: str, vocab_size: int):
     return train_tokenizer([text], vocab_size=vocab_size, model_max_length=1 << 30)
@@ -117,12 +122,18 @@ def build_scenario1(text: str, source: str, tokenizer, s, seed: int) -> Scenario
     """Windows drawn with ``seed`` (which windows repeat and which are held out) and ``s.n_canaries`` canaries,
     drawn with ``10_000 + seed``."""
     corpus = build(dataclasses.replace(s, seed=seed), text=text, tokenizer=tokenizer, canary_seed=10_000 + seed)
+    return Scenario1Data(corpus=corpus, canaries=encode_canaries(corpus.canary_texts, corpus.canaries, tokenizer),
+                         source=source)
+
+
+def encode_canaries(texts: list[str], rows: list[list[int]], tokenizer) -> list[SecretRecord]:
+    """The canaries ``texts`` as secret records framed with EOS, checked against their training ``rows``."""
     eos = [tokenizer.eos_token_id]
-    canaries = [encode_secret_record(t, tokenizer, eos, eos) for t in corpus.canary_texts]
-    if [c.tokens for c in canaries] != corpus.canaries:
+    canaries = [encode_secret_record(t, tokenizer, eos, eos) for t in texts]
+    if [c.tokens for c in canaries] != rows:
         raise ValueError("The canaries' rows differ from their secret records: the tokenizer adds special tokens of "
                          "its own. Use a tokenizer from memsinks.corpus.train_tokenizer.")
-    return Scenario1Data(corpus=corpus, canaries=canaries, source=source)
+    return canaries
 
 
 # ---------------------------------------------------------------------------------------------- scenario 2

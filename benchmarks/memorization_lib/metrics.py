@@ -1,8 +1,9 @@
 """The measurements of one trained arm, through ``memsinks.probes``.
 
-Scenario 1 (training from scratch): losses on the repeated and held-out windows, extraction
-(32-token prefix, 32-token greedy suffix) of the repeated windows, loss-based membership
-inference (repeated vs held-out) and canary exposure. Scenario 2 (fine-tuning): per
+Scenarios 1 and 3 (training from scratch): losses on the repeated and held-out rows (windows
+of a text; in scenario 3 sequences of the second domain, plus held-out windows of the general
+text), extraction (32-token prefix, 32-token greedy suffix) of the repeated rows, loss-based
+membership inference (repeated vs held-out) and canary exposure. Scenario 2 (fine-tuning): per
 repetition group of the personal-data records, extraction of the phone number from the
 record before it, membership inference with the base model as reference, exposure of the
 phone number and memorized bits over the base model.
@@ -33,29 +34,31 @@ def _ids(sequences: list[list[int]], mode: str | None) -> list[int] | None:
     return [memsinks.content_id(s) for s in sequences] if mode == "own" else None
 
 
-def evaluate_scenario1(model, data, mode: str | None, s, seed: int) -> dict:
-    """Metrics of a scenario-1 model in sinks mode ``mode`` (None: no sinks). Losses in nats/token."""
-    tok = data.corpus.tokenizer
-    pad = tok.pad_token_id
-    rep, held = data.corpus.repeated, data.corpus.heldout
-    rep_ids, held_ids = _ids(rep, mode), _ids(held, mode)
-    alphabet = digit_tokens(tok)
+def memorization_metrics(model, tokenizer, repeated: list[list[int]], heldout: list[list[int]], canaries: list,
+                         mode: str | None, s, seed: int) -> dict:
+    """Losses, extraction and membership inference of ``repeated`` rows against ``heldout`` ones, and the
+    exposure of ``canaries`` (``SecretRecord``s; none: no exposure fields), in sinks mode ``mode``
+    (None: no sinks). Losses in nats/token; ``gap`` = held-out minus repeated loss."""
+    pad = tokenizer.pad_token_id
+    rep_ids, held_ids = _ids(repeated, mode), _ids(heldout, mode)
     with memsinks.sinks_mode(model, mode):
-        rep_loss = float(np.mean(sequence_losses(model, rep, rep_ids, pad_token_id=pad)))
-        held_loss = float(np.mean(sequence_losses(model, held, held_ids, pad_token_id=pad)))
-        ext = extraction(model, rep, s.prefix_len, s.suffix_len, sequence_ids=rep_ids, pad_token_id=pad)
-        ext_held = extraction(model, held, s.prefix_len, s.suffix_len, sequence_ids=held_ids, pad_token_id=pad)
-        mia = membership_inference(model, rep, held, member_ids=rep_ids, nonmember_ids=held_ids, tokenizer=tok,
-                                   pad_token_id=pad)
+        rep_loss = float(np.mean(sequence_losses(model, repeated, rep_ids, pad_token_id=pad)))
+        held_loss = float(np.mean(sequence_losses(model, heldout, held_ids, pad_token_id=pad)))
+        ext = extraction(model, repeated, s.prefix_len, s.suffix_len, sequence_ids=rep_ids, pad_token_id=pad)
+        ext_held = extraction(model, heldout, s.prefix_len, s.suffix_len, sequence_ids=held_ids, pad_token_id=pad)
+        mia = membership_inference(model, repeated, heldout, member_ids=rep_ids, nonmember_ids=held_ids,
+                                   tokenizer=tokenizer, pad_token_id=pad)
         exposures = []
         canary_losses = []
-        for c in data.canaries:
+        if canaries:
+            alphabet = digit_tokens(tokenizer)
+        for c in canaries:
             cid = memsinks.content_id(c.tokens) if mode == "own" else None
             res = canary_exposure(model, None, c.prefix, c.secret, alphabet, suffix=c.suffix, sequence_id=cid,
                                   num_samples=s.exposure_samples, pad_token_id=pad, seed=seed)
             exposures.append(res.exposure)
             canary_losses.append(res.canary_nll)
-    return {
+    out = {
         "heldout_loss": held_loss,
         "repeated_loss": rep_loss,
         "gap": held_loss - rep_loss,
@@ -67,10 +70,34 @@ def evaluate_scenario1(model, data, mode: str | None, s, seed: int) -> dict:
         "mia_auc": mia.auc["loss"],
         "mia_auc_zlib": mia.auc["zlib"],
         "mia_auc_minkprob": mia.auc["minkprob"],
-        "canary_exposure": float(np.mean(exposures)),
-        "canary_exposure_max_bits": float(math.log2(len(DIGITS)) * len(data.canaries[0].secret)),
-        "canary_nll": float(np.mean(canary_losses)),
     }
+    if canaries:
+        out.update({
+            "canary_exposure": float(np.mean(exposures)),
+            "canary_exposure_max_bits": float(math.log2(len(DIGITS)) * len(canaries[0].secret)),
+            "canary_nll": float(np.mean(canary_losses)),
+        })
+    return out
+
+
+def evaluate_scenario1(model, data, mode: str | None, s, seed: int) -> dict:
+    """Metrics of a scenario-1 model in sinks mode ``mode`` (None: no sinks): the repeated windows against the
+    held-out ones, and the canaries (see ``memorization_metrics``)."""
+    c = data.corpus
+    return memorization_metrics(model, c.tokenizer, c.repeated, c.heldout, data.canaries, mode, s, seed)
+
+
+def evaluate_scenario3(model, data, mode: str | None, s, seed: int) -> dict:
+    """Metrics of a scenario-3 model in sinks mode ``mode``: the repeated domain sequences against held-out ones
+    of the domain (``domain_heldout_loss``; ``gap`` is between these two), the canaries, and the loss on
+    held-out windows of the general text (``general_heldout_loss``)."""
+    out = memorization_metrics(model, data.tokenizer, data.repeated_eval, data.domain_heldout, data.canaries, mode,
+                               s, seed)
+    out["domain_heldout_loss"] = out.pop("heldout_loss")
+    with memsinks.sinks_mode(model, mode):
+        out["general_heldout_loss"] = float(np.mean(sequence_losses(
+            model, data.general_heldout, _ids(data.general_heldout, mode), pad_token_id=data.tokenizer.pad_token_id)))
+    return out
 
 
 def secret_extraction(model, records, mode: str | None, pad: int) -> dict:

@@ -1,25 +1,14 @@
-"""Seeds to means and stds, the targets stated plainly, the markdown table and the plots.
+"""Seeds to means and stds, the share of the gap each arm closes, and the targets and findings stated plainly.
 
 Every number in ``results.json`` is the mean over seeds with its sample standard deviation
-(ddof=1; 0.0 for a single seed) in a sibling ``"<field>_std"``.
+(``ddof=1``; 0.0 for a single seed) in a sibling ``"<field>_std"``. ``markdown`` writes the
+tables and ``plots`` the figures.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-TABLE_FIELDS = [
-    ("heldout_loss", "held-out loss", "{:.3f}"),
-    ("repeated_loss", "repeated loss", "{:.3f}"),
-    ("gap", "gap", "{:.3f}"),
-    ("extraction_exact", "exact extraction", "{:.2f}"),
-    ("token_accuracy", "token acc.", "{:.2f}"),
-    ("mia_auc", "MIA AUC", "{:.2f}"),
-    ("canary_exposure", "exposure (bits)", "{:.1f}"),
-    ("tokens_per_s", "tokens/s", "{:,.0f}"),
-]
 GAP_TARGET = 0.75
 HELDOUT_TOLERANCE = 0.02
 EXTRACTION_FACTOR = 0.1
@@ -59,16 +48,17 @@ def gap_closed(arms: dict, reference: str = "standard", arm: str = "memsinks_dro
 
 
 def sink_gap_closed(arms: dict) -> float | None:
-    """(L_drop(rep) - L_own(rep)) / (L_own(held-out) - L_own(rep)), as ``memsinks.probes.sink_gap`` defines it."""
+    """(L_drop(rep) - L_own(rep)) / (L_own(held-out) - L_own(rep)), as ``memsinks.probes.sink_gap`` defines it
+    (``gap`` is held-out minus repeated loss, so the denominator is own mode's gap)."""
     if "memsinks_own" not in arms or "memsinks_drop" not in arms:
         return None
     own, drop = arms["memsinks_own"], arms["memsinks_drop"]
-    gap = own["heldout_loss"] - own["repeated_loss"]
-    return (drop["repeated_loss"] - own["repeated_loss"]) / gap if gap > 1e-3 else None
+    return (drop["repeated_loss"] - own["repeated_loss"]) / own["gap"] if own["gap"] > 1e-3 else None
 
 
 def summarize_seeds(per_seed: list[dict]) -> dict:
-    """Aggregate per-seed results of one scenario: arms, the gap-closed shares, data facts, skipped arms."""
+    """Aggregate per-seed results of one scenario: arms, the gap-closed shares, data facts, dedup reports
+    (mean over seeds), skipped arms. ``memsinks_gap_closed`` is always there: None when no seed defines it."""
     arms = aggregate([r["arms"] for r in per_seed])
     out = {"arms": arms}
     for name, fn in (("memsinks_gap_closed", gap_closed), ("memsinks_sink_gap_closed", sink_gap_closed)):
@@ -77,11 +67,17 @@ def summarize_seeds(per_seed: list[dict]) -> dict:
             out[name] = float(np.mean(values))
             out[f"{name}_std"] = _std(values)
             out[f"{name}_per_seed"] = values
-    for other in ("dedup", "goldfish", "dp"):
+        elif name == "memsinks_gap_closed":
+            out[name] = None  # no memsinks arm, or standard training has no positive gap to close
+    for other in arms:
+        if other in ("standard", "memsinks_drop") or other.endswith("_std"):
+            continue
         values = [v for v in (gap_closed(r["arms"], arm=other) for r in per_seed) if v is not None]
         if values:
             out.setdefault("gap_closed_by_arm", {})[other] = float(np.mean(values))
-    out["data"] = per_seed[0]["data"]
+    out["data"] = {k: v for k, v in per_seed[0]["data"].items() if k != "dedup"}
+    if "dedup" in per_seed[0]["data"]:
+        out["dedup"] = aggregate([r["data"]["dedup"] for r in per_seed])
     skipped = {}
     for r in per_seed:
         skipped.update(r.get("skipped", {}))
@@ -90,15 +86,25 @@ def summarize_seeds(per_seed: list[dict]) -> dict:
     return out
 
 
-def _dominates(a: dict, b: dict) -> bool:
+def _dominates(a: dict, b: dict, heldout: str = "heldout_loss") -> bool:
     """Whether ``a`` is at least as good as ``b`` on both memorization (gap) and held-out loss, and better on one."""
-    no_worse = a["gap"] <= b["gap"] and a["heldout_loss"] <= b["heldout_loss"]
-    better = a["gap"] < b["gap"] or a["heldout_loss"] < b["heldout_loss"]
+    no_worse = a["gap"] <= b["gap"] and a[heldout] <= b[heldout]
+    better = a["gap"] < b["gap"] or a[heldout] < b[heldout]
     return no_worse and better
 
 
-def targets(summary: dict) -> dict:
-    """The issue's four targets for memsinks in ``drop`` mode, each with ``met`` and a plain statement."""
+def _within(ms: dict, std: dict, key: str, label: str) -> dict:
+    ratio = ms[key] / std[key] - 1.0
+    return {"met": bool(ratio <= HELDOUT_TOLERANCE), "value": ratio, "threshold": HELDOUT_TOLERANCE,
+            "statement": f"memsinks (drop) {label} {ms[key]:.3f} vs standard {std[key]:.3f} ({100 * ratio:+.1f}%); "
+                         f"target within +{100 * HELDOUT_TOLERANCE:.0f}%: "
+                         f"{'MET' if ratio <= HELDOUT_TOLERANCE else 'NOT MET'}."}
+
+
+def targets(summary: dict, heldout: str = "heldout_loss", heldout_label: str = "held-out loss") -> dict:
+    """The targets for memsinks in ``drop`` mode, each with ``met`` and a plain statement: the share of the
+    gap closed, the held-out loss (``heldout``) against standard's, extraction against standard's, and
+    the trade-off (gap vs ``heldout``) against each dedup and goldfish."""
     arms = summary["arms"]
     out: dict = {}
     if "memsinks_drop" not in arms or "standard" not in arms:
@@ -112,13 +118,7 @@ def targets(summary: dict) -> dict:
                          f"of standard training's repeated-vs-held-out loss gap; target >= {100 * GAP_TARGET:.0f}%: "
                          f"{'MET' if closed >= GAP_TARGET else 'NOT MET'}.",
         }
-    ratio = ms["heldout_loss"] / std["heldout_loss"] - 1.0
-    out["heldout_loss"] = {
-        "met": bool(ratio <= HELDOUT_TOLERANCE), "value": ratio, "threshold": HELDOUT_TOLERANCE,
-        "statement": f"memsinks (drop) held-out loss {ms['heldout_loss']:.3f} vs standard {std['heldout_loss']:.3f} "
-                     f"({100 * ratio:+.1f}%); target within +{100 * HELDOUT_TOLERANCE:.0f}%: "
-                     f"{'MET' if ratio <= HELDOUT_TOLERANCE else 'NOT MET'}.",
-    }
+    out["heldout_loss"] = _within(ms, std, heldout, heldout_label)
     limit = EXTRACTION_FACTOR * std["extraction_exact"]
     met = ms["extraction_exact"] <= limit
     note = "" if std["extraction_exact"] > 0 else " (standard training extracted nothing, so this target says nothing)"
@@ -128,23 +128,68 @@ def targets(summary: dict) -> dict:
                      f"{std['extraction_exact']:.3f}; target <= a tenth of standard's ({limit:.3f}): "
                      f"{'MET' if met else 'NOT MET'}{note}.",
     }
-    for other in ("dedup", "goldfish"):
+    for other in ("dedup", "dedup_minhash", "goldfish"):
         if other not in arms:
             continue
         o = arms[other]
-        met = _dominates(ms, o)
+        met = _dominates(ms, o, heldout)
         if met:
             verdict = "MET: memsinks has a smaller gap and no higher held-out loss (or vice versa)"
-        elif _dominates(o, ms):
+        elif _dominates(o, ms, heldout):
             verdict = f"NOT MET: {other} is better on both"
         else:
-            verdict = "NOT MET: neither dominates (one is better on memorization, the other on held-out loss)"
+            verdict = f"NOT MET: neither dominates (one is better on memorization, the other on {heldout_label})"
         out[f"tradeoff_vs_{other}"] = {
             "met": bool(met),
-            "statement": f"trade-off vs {other}: memsinks (drop) gap {ms['gap']:.3f}, held-out {ms['heldout_loss']:.3f}; "
-                         f"{other} gap {o['gap']:.3f}, held-out {o['heldout_loss']:.3f}. {verdict}.",
+            "statement": f"trade-off vs {other}: memsinks (drop) gap {ms['gap']:.3f}, {heldout_label} {ms[heldout]:.3f}; "
+                         f"{other} gap {o['gap']:.3f}, {heldout_label} {o[heldout]:.3f}. {verdict}.",
         }
     return out
+
+
+def scenario3_targets(summary: dict) -> dict:
+    """Scenario 3's targets: those of ``targets`` on the domain's held-out loss, the domain's held-out loss
+    below exact dedup's, and the general text's held-out loss within 2% of standard's."""
+    out = targets(summary, "domain_heldout_loss", "domain held-out loss")
+    arms = summary["arms"]
+    if "note" in out:
+        return out
+    out["domain_heldout_loss"] = out.pop("heldout_loss")
+    ms = arms["memsinks_drop"]
+    if "dedup" in arms:
+        d = arms["dedup"]
+        met = ms["domain_heldout_loss"] < d["domain_heldout_loss"]
+        out["domain_vs_dedup"] = {
+            "met": bool(met), "value": ms["domain_heldout_loss"], "threshold": d["domain_heldout_loss"],
+            "statement": f"memsinks (drop) domain held-out loss {ms['domain_heldout_loss']:.3f} vs dedup "
+                         f"{d['domain_heldout_loss']:.3f}; target below dedup's: {'MET' if met else 'NOT MET'}."}
+    out["general_heldout_loss"] = _within(ms, arms["standard"], "general_heldout_loss", "general held-out loss")
+    return out
+
+
+def near_duplicate_findings(summary: dict, part: str) -> list[str]:
+    """What each dedup found of the near-duplicate copies (of the corpus part ``part``) and what each arm
+    keeps of standard training's gap, in plain sentences."""
+    lines = []
+    for name, label in (("dedup", "exact dedup"), ("dedup_minhash", "MinHash-LSH dedup")):
+        r = summary.get("dedup", {}).get(name, {}).get(part)
+        if r:
+            lines.append(f"{label} removed {r['found']:.0f} of {r['redundant_copies']:.0f} redundant copies "
+                         f"({100 * r['found'] / max(r['redundant_copies'], 1):.0f}%), leaving "
+                         f"{r['copies_left_per_origin']:.1f} copies of each repeated sequence; it merged "
+                         f"{r['false_merges']:.0f} distinct rows of this part by mistake.")
+    closed = summary.get("gap_closed_by_arm", {})
+    names = {"dedup": "exact dedup", "dedup_minhash": "MinHash-LSH dedup",
+             "memsinks_content_ids_drop": "memsinks keyed by each copy's content ID (drop)",
+             "memsinks_minhash_ids_drop": "memsinks keyed by MinHash cluster (drop)"}
+    if summary.get("memsinks_gap_closed") is not None:
+        lines.append("memsinks keyed by the source of each copy (drop) closes "
+                     f"{100 * summary['memsinks_gap_closed']:.0f}% ± {100 * summary['memsinks_gap_closed_std']:.0f}% "
+                     "of standard training's gap.")
+    for arm, label in names.items():
+        if arm in closed:
+            lines.append(f"{label} closes {100 * closed[arm]:.0f}% of standard training's gap.")
+    return lines
 
 
 def lora_findings(arms: dict, ranks, top: str) -> list[str]:
@@ -161,144 +206,3 @@ def lora_findings(arms: dict, ranks, top: str) -> list[str]:
     return lines
 
 
-def _cell(arm: dict, key: str, fmt: str) -> str:
-    if key not in arm:
-        return "n/a"
-    value, std = arm[key], arm.get(f"{key}_std", 0.0)
-    return f"{fmt.format(value)} ± {fmt.format(std)}"
-
-
-def markdown_table(arms: dict, fields=TABLE_FIELDS) -> str:
-    head = "| arm | " + " | ".join(label for _, label, _ in fields) + " |"
-    rule = "|---|" + "---|" * len(fields)
-    rows = [f"| {name} | " + " | ".join(_cell(a, k, f) for k, _, f in fields) + " |" for name, a in arms.items()]
-    return "\n".join([head, rule] + rows)
-
-
-def by_repeats_table(arms: dict, field: str, fmt: str) -> str:
-    groups = sorted({int(g) for a in arms.values() for g in a.get("by_repeats", {})})
-    head = "| arm | " + " | ".join(f"x{g}" for g in groups) + " |"
-    rule = "|---|" + "---|" * len(groups)
-    rows = []
-    for name, a in arms.items():
-        br = a.get("by_repeats", {})
-        rows.append(f"| {name} | " + " | ".join(_cell(br[str(g)], field, fmt) if str(g) in br else "n/a"
-                                               for g in groups) + " |")
-    return "\n".join([head, rule] + rows)
-
-
-def markdown_report(results: dict) -> str:
-    cfg = results["config"]
-    lines = ["# Memorization benchmark", "", f"Command: `{cfg['command']}`", "", f"Machine: {results['machine']}", "",
-             f"Seeds: {cfg['seeds']} (mean ± sample std over seeds). Losses in nats/token.", ""]
-    s1 = results.get("scenario1")
-    if s1:
-        d = s1["data"]
-        lines += ["## Scenario 1: training from scratch", "",
-                  f"Text: {d['source']}; {d['unique_windows']} unique windows of {cfg['scenario1']['window']} tokens, "
-                  f"{d['repeated_windows']} windows and {d['canaries']} canaries repeated {cfg['scenario1']['repeats']}x "
-                  f"({100 * d['repeated_share_of_stream']:.0f}% of the stream), {d['heldout_windows']} held-out windows; "
-                  f"{d['max_steps']} optimizer steps per arm.", "",
-                  markdown_table(s1["arms"]), ""]
-        if "memsinks_gap_closed" in s1:
-            lines.append(f"memsinks (drop) closes {100 * s1['memsinks_gap_closed']:.0f}% ± "
-                         f"{100 * s1['memsinks_gap_closed_std']:.0f}% of standard training's gap "
-                         "(1 - gap(memsinks_drop) / gap(standard)); dropping the sinks closes "
-                         f"{100 * s1.get('memsinks_sink_gap_closed', float('nan')):.0f}% of the own-mode gap "
-                         "((L_drop(rep) - L_own(rep)) / (L_own(held-out) - L_own(rep))).")
-            lines.append("")
-        lines += ["### Targets", ""] + [f"- {t['statement']}" for t in s1["targets"].values() if "statement" in t] + [""]
-        for arm, why in s1.get("skipped_arms", {}).items():
-            lines.append(f"- arm `{arm}` not run: {why}")
-        lines += ["", "![scenario 1 trade-off](scenario1_tradeoff.png)", "", "![scenario 1 curves](scenario1_curves.png)",
-                  ""]
-    s2 = results.get("scenario2")
-    if s2:
-        d = s2["data"]
-        top = str(max(int(g) for g in d["repeat_groups"]))
-        lines += ["## Scenario 2: fine-tuning a pretrained model on records with personal data", "",
-                  f"Base: {s2['base']}. Fine-tuning set: {d['background_records']} records once and, per group, "
-                  + ", ".join(f"{k} records x{n}" for n, k in d["repeat_groups"].items())
-                  + f"; {d['heldout_records']} held-out records; {d['max_steps']} optimizer steps per arm. "
-                  + (f"Before fine-tuning the base model has held-out record loss {b['heldout_loss']:.3f} and "
-                     f"pretraining-text loss {b['general_loss']:.3f}. " if (b := s2.get("base_model_metrics")) else "")
-                  + f"Headline columns use the x{top} group; the secret is each record's 10-digit phone number "
-                  "(extraction: greedy decoding after the record's text up to it; exposure: among 10^10 numbers, "
-                  "skew-normal estimate). MIA AUC uses the base model as reference.", "",
-                  markdown_table(s2["arms"], TABLE_FIELDS[:2] + [("general_loss", "pretraining-text loss", "{:.3f}")]
-                                 + TABLE_FIELDS[2:] + [("memorized_bits", "memorized bits", "{:.1f}")]), "",
-                  "Exact phone extraction by repetition count:", "", by_repeats_table(s2["arms"], "extraction_exact", "{:.2f}"),
-                  "", "Reference-model MIA AUC by repetition count:", "", by_repeats_table(s2["arms"], "mia_auc", "{:.2f}"),
-                  ""]
-        if "memsinks_gap_closed" in s2:
-            lines += [f"memsinks (append, drop) closes {100 * s2['memsinks_gap_closed']:.0f}% ± "
-                      f"{100 * s2['memsinks_gap_closed_std']:.0f}% of full fine-tuning's gap on the x{top} records.", ""]
-        if s2.get("lora_findings"):
-            lines += ["LoRA q/k vs v/o (Savine et al. 2025 report v/o memorizes more):", ""]
-            lines += [f"- {x}" for x in s2["lora_findings"]] + [""]
-        for arm, why in s2.get("skipped_arms", {}).items():
-            lines.append(f"- arm `{arm}` not run: {why}")
-        lines += ["", "![scenario 2 trade-off](scenario2_tradeoff.png)", "", "![scenario 2 curves](scenario2_curves.png)",
-                  ""]
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------- plots
-def plot_tradeoff(arms: dict, path: str, title: str) -> None:
-    """Memorization (exact extraction; gap) against held-out loss, one point per arm with std error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, key, label in ((axes[0], "extraction_exact", "exact extraction rate (repeated)"),
-                           (axes[1], "gap", "held-out minus repeated loss (nats)")):
-        for i, (name, a) in enumerate(arms.items()):
-            color = f"C{i % 10}"
-            ax.errorbar(a["heldout_loss"], a[key], xerr=a.get("heldout_loss_std", 0), yerr=a.get(f"{key}_std", 0),
-                        fmt="o", color=color, capsize=3)
-            ax.annotate(name, (a["heldout_loss"], a[key]), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                        color=color)
-        ax.set_xlabel("held-out loss (nats/token, lower is better)")
-        ax.set_ylabel(label + ", lower is better")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_curves(curves: dict, path: str, title: str) -> None:
-    """Per training arm: training loss, and the probe losses (repeated / held-out; drop and own for sinks)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(curves)
-    cols = min(4, len(names)) or 1
-    rows = math.ceil(len(names) / cols) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.flat[len(names):]:
-        ax.axis("off")
-    for ax, name in zip(axes.flat, names):
-        c = curves[name]
-        if c["train_loss"]:
-            steps, losses = zip(*c["train_loss"])
-            ax.plot(steps, losses, color="0.6", lw=1, label="training loss")
-        if c["probe"]:
-            keys = [k for k in c["probe"][0] if k != "step"]
-            steps = [p["step"] for p in c["probe"]]
-            for k in keys:
-                style = "-" if k.startswith("repeated") else "--"
-                ax.plot(steps, [p[k] for p in c["probe"]], style, lw=1.5, label=k.replace("_plain", ""))
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats/token)")
-        ax.legend(fontsize=6)
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

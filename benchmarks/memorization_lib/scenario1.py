@@ -10,45 +10,56 @@ and batch size, so the same number of tokens):
 - ``memsinks``: the standard stream on a model with split-placement sinks, each window routed
   by its content ID; measured with the sinks dropped (``memsinks_drop``, the shipped model),
   in each sequence's own sinks (``memsinks_own``) and scaled by p_mem (``memsinks_mean``).
+
+The near-duplicate variant (``run_near_duplicates_seed``) trains on near-duplicate copies of the
+repeated windows instead of exact repeats (no canaries; see ``near_duplicates``), with the arms
+of ``s.near_duplicate_arms`` (``dedup_minhash``: MinHash LSH dedup; memsinks with each copy keyed
+by the window it came from), and scores memorization on the windows the copies came from.
 """
 
 from __future__ import annotations
 
-import time
+import dataclasses
 
 import memsinks
 from memsinks._memorization_corpus import stream_rows
 from memsinks._small_decoder import build_decoder
 
+from .arms import keys, run_stream
 from .data import build_scenario1
 from .metrics import evaluate_scenario1
-from .training import steps_for, train_scenario_arm
+from .near_duplicates import TokenSwapper, near_duplicate_facts
 
 TRAINING_ARMS = ("standard", "dedup", "goldfish", "dp", "memsinks")
-SINK_MODES = ("drop", "own", "mean")
-
-
-def privacy_available() -> bool:
-    return hasattr(memsinks, "make_private") and hasattr(memsinks, "PrivacyConfig")
-
-
-def reported_arms(training_arms) -> list[str]:
-    """Result names of the training arms: ``memsinks`` becomes one entry per sinks mode."""
-    out = []
-    for arm in training_arms:
-        out += [f"memsinks_{m}" for m in SINK_MODES] if arm == "memsinks" else [arm]
-    return out
 
 
 def scenario1_model(s, tokenizer, seed: int, with_sinks: bool, sinks_config: dict | None = None):
-    """An arm's freshly initialised decoder, with split sinks (the settings' p_gen / p_mem, routing seeded by
-    ``seed``, overridden by ``sinks_config``) when ``with_sinks``."""
+    """An arm's freshly initialised decoder of shape ``s.model``; with ``with_sinks``, sinks from ``s.sinks``
+    (``SinksConfig`` keyword arguments; routing seeded by ``seed`` unless they say otherwise), overridden by
+    ``sinks_config``."""
     model = build_decoder(s.model, len(tokenizer), seed=seed, token_id=tokenizer.pad_token_id)
     if with_sinks:
-        cfg = dict(placement="split", p_gen=s.p_gen, p_mem=s.p_mem, routing_seed=seed)
-        cfg.update(sinks_config or {})
+        cfg = {"routing_seed": seed, **s.sinks, **(sinks_config or {})}
         memsinks.add_sinks(model, memsinks.SinksConfig(**cfg))
     return model
+
+
+def _run(data, stream, arms, tokenizer, s, seed: int, sinks_config, echo, label: str) -> dict:
+    corpus = data.corpus
+    probe = {"repeated": corpus.repeated[:s.curve_sequences], "heldout": corpus.heldout[:s.curve_sequences]}
+    groups = {"repeated": keys(corpus.repeated), "unique": keys(corpus.train), "canaries": keys(corpus.canaries)}
+    out = run_stream(arms, stream, groups, tokenizer=tokenizer, s=s, seed=seed,
+                     build_model=lambda sinks: scenario1_model(s, tokenizer, seed, sinks, sinks_config),
+                     evaluate=lambda model, mode: evaluate_scenario1(model, data, mode, s, seed),
+                     probe=probe, echo=echo, label=label)
+    rows = stream_rows(stream)
+    out["data"] = {
+        "source": data.source, "unique_windows": len(corpus.train), "repeated_windows": len(corpus.repeated),
+        "heldout_windows": len(corpus.heldout), "canaries": len(data.canaries), "training_rows": len(rows),
+        "max_steps": out.pop("max_steps"), "repeated_share_of_stream": (len(rows) - len(corpus.train)) / len(rows),
+        "dedup": out.pop("dedup"),
+    }
+    return out
 
 
 def run_seed(text: str, source: str, tokenizer, s, seed: int, *, arms=TRAINING_ARMS, echo=print,
@@ -59,37 +70,19 @@ def run_seed(text: str, source: str, tokenizer, s, seed: int, *, arms=TRAINING_A
     ``sinks_config`` overrides fields of the memsinks arm's ``SinksConfig`` (the sweep uses it).
     """
     data = build_scenario1(text, source, tokenizer, s, seed)
-    corpus = data.corpus
-    standard, dedup = data.sources(s.repeats, s.repeats), data.sources(1, 1)
-    n_rows, n_dedup = len(stream_rows(standard)), len(stream_rows(dedup))
-    max_steps = steps_for(standard, s.epochs, s.batch_size)
-    out = {"arms": {}, "curves": {}, "skipped": {}, "data": {
-        "source": source, "unique_windows": len(corpus.train), "repeated_windows": len(corpus.repeated),
-        "heldout_windows": len(corpus.heldout), "canaries": len(data.canaries), "training_rows": n_rows,
-        "dedup_rows": n_dedup, "max_steps": max_steps,
-        "repeated_share_of_stream": (n_rows - len(corpus.train)) / n_rows,
-    }}
-    probe = {"repeated": corpus.repeated[:s.curve_sequences], "heldout": corpus.heldout[:s.curve_sequences]}
-    for arm in arms:
-        if arm == "dp" and not privacy_available():
-            out["skipped"][arm] = "memsinks.make_private / memsinks.PrivacyConfig are not in this checkout"
-            echo(f"  [seed {seed}] {arm}: skipped ({out['skipped'][arm]})")
-            continue
-        with_sinks = arm == "memsinks"
-        model = scenario1_model(s, tokenizer, seed, with_sinks, sinks_config)
-        run = train_scenario_arm(arm, model, tokenizer, standard, dedup, probe, s, seed=seed, max_steps=max_steps,
-                                 learning_rate=s.learning_rate, with_sinks=with_sinks)
-        start = time.perf_counter()
-        modes = SINK_MODES if with_sinks else (None,)
-        for mode in modes:
-            name = f"memsinks_{mode}" if mode else arm
-            metrics = evaluate_scenario1(model, data, mode, s, seed)
-            metrics.update(run.stats())
-            out["arms"][name] = metrics
-        eval_s = time.perf_counter() - start
-        out["curves"][arm] = {"train_loss": run.loss_curve(), "probe": run.curves}
-        m = out["arms"]["memsinks_drop" if with_sinks else arm]
-        echo(f"  [seed {seed}] {arm:<9} train {run.seconds:5.1f}s ({run.tokens_per_s:,.0f} tok/s), eval {eval_s:4.1f}s: "
-             f"held-out {m['heldout_loss']:.3f}, repeated {m['repeated_loss']:.3f}, extraction {m['extraction_exact']:.2f}"
-             + (f", own-mode repeated {out['arms']['memsinks_own']['repeated_loss']:.3f}" if with_sinks else ""))
+    out = _run(data, data.sources(s.repeats, s.repeats), arms, tokenizer, s, seed, sinks_config, echo, "")
+    out["data"]["dedup_rows"] = out["arms"]["dedup"]["training_rows"] if "dedup" in out["arms"] else None
+    return out
+
+
+def run_near_duplicates_seed(text: str, source: str, tokenizer, s, seed: int, *, echo=print) -> dict:
+    """The near-duplicate variant for one seed: ``s.repeats`` copies of each repeated window, each with
+    ``s.near_duplicate_rate`` of its tokens swapped, no canaries; memorization scored on the original windows."""
+    data = build_scenario1(text, source, tokenizer, s, seed)
+    data = dataclasses.replace(data, canaries=[])
+    stream = data.near_duplicate_sources(TokenSwapper.from_tokenizer(tokenizer), s.repeats, s.near_duplicate_rate,
+                                         40_000 + seed)
+    out = _run(data, stream, s.near_duplicate_arms, tokenizer, s, seed, None, echo, "near-dup ")
+    out["data"].update(near_duplicate_facts(data.corpus.repeated, stream[1], s.near_duplicate_rate, tokenizer,
+                                            s.minhash.ngram))
     return out

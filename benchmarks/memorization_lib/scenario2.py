@@ -29,7 +29,7 @@ from memsinks.corpus import split_text_windows, train_tokenizer
 
 from .data import build_scenario2, make_report
 from .metrics import evaluate_scenario2
-from .scenario1 import SINK_MODES, privacy_available
+from .arms import SINK_MODES, privacy_available
 from .training import steps_for, train_arm, train_scenario_arm
 
 
@@ -118,8 +118,7 @@ def run_seed(base: dict, s, seed: int, *, echo=print) -> dict:
         with_sinks = arm == "memsinks"
         lr = s.learning_rate
         if with_sinks:
-            memsinks.add_sinks(model, memsinks.SinksConfig(placement="append", n_sink_units=s.n_sink_units,
-                                                           p_mem=s.p_mem, routing_seed=seed))
+            memsinks.add_sinks(model, memsinks.SinksConfig(**{"routing_seed": seed, **s.sinks}))
         if arm.startswith("lora_"):
             _, target, rank = arm.split("_")
             model = _lora(model, s.lora_targets[target], int(rank[1:]))

@@ -163,27 +163,58 @@ def train_arm(
                     epsilon=epsilon)
 
 
-def train_scenario_arm(arm: str, model, tokenizer, standard: list[Source], dedup: list[Source], probe: dict, s, *,
-                       seed: int, max_steps: int, learning_rate: float, with_sinks: bool, **train_kwargs) -> TrainRun:
-    """Train one arm of either scenario: what defines the arm mapped onto ``train_arm``.
+@dataclass
+class ArmPlan:
+    """One training arm of a scenario: its stream and how it is trained.
 
-    ``dedup`` trains on the ``dedup`` stream (others on ``standard``), ``goldfish`` wraps the collator,
-    ``dp`` goes through ``memsinks.make_private`` at the settings' ε (and DP learning rate, if
-    set); ``probe`` ({name: token rows}) is measured along training, in ``drop`` and ``own``
-    modes when the model has sinks. ``s``: the scenario's settings.
+    ``method``: "plain", "goldfish" (the goldfish loss on the collator), "dp" (DP-SGD through
+    ``memsinks.make_private``) or "sinks" (a model with sinks; the stream's sequence IDs are
+    the sources' own where given, else content IDs). ``modes``: the sinks modes it is measured
+    in (None: a model without sinks). ``same_as``: the name of an arm trained on exactly the
+    same stream with the same method, whose model and numbers this arm reuses (a dedup that
+    removed nothing trains exactly what the standard arm trained).
     """
+
+    name: str
+    sources: list[Source]
+    method: str = "plain"
+    modes: tuple = (None,)
+    same_as: str | None = None
+
+    def __post_init__(self):
+        if self.method not in ("plain", "goldfish", "dp", "sinks"):
+            raise ValueError(f"Unknown training method {self.method!r} for arm {self.name!r}; choose plain, goldfish, "
+                             "dp or sinks.")
+
+
+def train_plan(plan: ArmPlan, model, tokenizer, probe: dict, s, *, seed: int, max_steps: int, learning_rate: float,
+               **train_kwargs) -> TrainRun:
+    """Train ``model`` on ``plan``'s stream with its method; ``probe`` ({name: token rows}) is measured along
+    training, in ``drop`` and ``own`` modes when the model has sinks (own: each probe row's content ID).
+    ``s``: the scenario's settings (goldfish k/h, DP ε and learning rate, batch size, logging)."""
     from .goldfish import GoldfishCollator
 
-    ds = training_dataset(dedup if arm == "dedup" else standard, seed, with_ids=with_sinks)
+    with_sinks = plan.method == "sinks"
+    ds = training_dataset(plan.sources, seed, with_ids=with_sinks)
     probe_sets = {k: (v, [memsinks.content_id(x) for x in v]) for k, v in probe.items()}
     curve = LossCurveCallback(model, probe_sets, max_steps // s.curve_points, tokenizer.pad_token_id,
                               modes=("drop", "own") if with_sinks else ())
     privacy = None
-    if arm == "dp":
+    if plan.method == "dp":
         privacy = memsinks.PrivacyConfig(target_epsilon=s.dp_epsilon, max_grad_norm=s.dp_max_grad_norm)
         learning_rate = s.dp_learning_rate or learning_rate
-    wrapper = (lambda c: GoldfishCollator(c, s.goldfish_k, s.goldfish_h)) if arm == "goldfish" else None
+    wrapper = (lambda c: GoldfishCollator(c, s.goldfish_k, s.goldfish_h)) if plan.method == "goldfish" else None
     with tempfile.TemporaryDirectory() as tmp:
-        return train_arm(model, tokenizer, ds, output_dir=os.path.join(tmp, arm), max_steps=max_steps,
+        return train_arm(model, tokenizer, ds, output_dir=os.path.join(tmp, plan.name), max_steps=max_steps,
                          batch_size=s.batch_size, learning_rate=learning_rate, seed=seed, collator_wrapper=wrapper,
                          privacy=privacy, curve=curve, log_points=s.log_points, **train_kwargs)
+
+
+def train_scenario_arm(arm: str, model, tokenizer, standard: list[Source], dedup: list[Source], probe: dict, s, *,
+                       seed: int, max_steps: int, learning_rate: float, with_sinks: bool, **train_kwargs) -> TrainRun:
+    """Train one arm of scenarios 1 and 2 by name: ``dedup`` on the ``dedup`` stream, every other arm on
+    ``standard``; ``goldfish`` and ``dp`` with their methods, a model with sinks (``with_sinks``) with sinks."""
+    method = "sinks" if with_sinks else arm if arm in ("goldfish", "dp") else "plain"
+    plan = ArmPlan(arm, dedup if arm == "dedup" else standard, method)
+    return train_plan(plan, model, tokenizer, probe, s, seed=seed, max_steps=max_steps, learning_rate=learning_rate,
+                      **train_kwargs)
