@@ -61,6 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--timing-steps", type=int, default=None, help="alternating steps per timed arm (default 6; 2 quick)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, CPUs))")
     p.add_argument("--out", required=True, help="folder for results.json, results.md and tradeoff.png")
+    p.add_argument("--report-from", action="store_true",
+                   help="train nothing: write the report from the partial-seed<N>.json files an interrupted run left "
+                        "in --out (arms and seeds as far as it got; give the same --arms / --later-seed-arms)")
     args = p.parse_args(argv)
     args.seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     if args.seeds < 1:
@@ -99,14 +102,36 @@ def run_seed(arms, base, tokenizer, settings, general_text: str, seed: int, timi
         print(f"seed {seed} {arm.name}: trained {stats['steps']} steps in {stats['train_seconds']:.0f} s, "
               f"measured in {time.perf_counter() - start - stats['train_seconds']:.0f} s", flush=True)
         del model
-        with open(os.path.join(out_dir, f"partial-seed{seed}.json"), "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=1)
+        _write_partial(out_dir, seed, rows, coverage)
     ratios = step_time_ratios(arms, base, data, tokenizer, settings, timing_steps)
     for name, ratio in ratios.items():
         for row_name, row in rows.items():
             if row_name == name or row_name.startswith(name + "/"):
                 row["step_time_ratio"] = ratio
+    _write_partial(out_dir, seed, rows, coverage)
     return {"rows": rows, "private_mask_coverage": coverage}
+
+
+def _write_partial(out_dir: str, seed: int, rows: dict, coverage: dict | None) -> None:
+    with open(os.path.join(out_dir, f"partial-seed{seed}.json"), "w", encoding="utf-8") as f:
+        json.dump({"rows": rows, "private_mask_coverage": coverage}, f, indent=1)
+
+
+def read_partials(out_dir: str) -> tuple[dict, dict | None]:
+    """({seed: rows}, private-mask coverage) from the ``partial-seed<N>.json`` files an interrupted run left."""
+    per_seed, coverage = {}, None
+    names = sorted(n for n in os.listdir(out_dir) if n.startswith("partial-seed") and n.endswith(".json"))
+    if not names:
+        raise SystemExit(f"--report-from {out_dir}: no partial-seed<N>.json files there")
+    for name in names:
+        with open(os.path.join(out_dir, name), encoding="utf-8") as f:
+            data = json.load(f)
+        seed = int(name[len("partial-seed"):-len(".json")])
+        if "rows" in data:
+            per_seed[seed], coverage = data["rows"], coverage or data.get("private_mask_coverage")
+        else:  # written before the file carried the coverage: the rows alone
+            per_seed[seed] = data
+    return per_seed, coverage
 
 
 def main(argv=None) -> int:
@@ -116,6 +141,12 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     settings = FinetuneSettings.quick() if args.quick else FinetuneSettings()
     settings.base_model = args.base_model
+    if args.report_from:
+        per_seed, coverage = read_partials(args.out)
+        description = "as the interrupted run's log says"
+        config = {"assembled_from_partials": True, "seeds": sorted(per_seed)}
+        return write_report(args, per_seed, coverage, settings, description, "as the interrupted run's", threads,
+                            time.perf_counter(), config)
     general_path = args.general_text or (SHAKESPEARE if os.path.isfile(SHAKESPEARE) else None)
     general_text, general_source = load_text(general_path, 400_000)
     started = time.perf_counter()
@@ -133,6 +164,14 @@ def main(argv=None) -> int:
         out = run_seed(arms, base, tokenizer, settings, general_text, seed, timing_steps, args.out)
         per_seed[seed] = out["rows"]
         coverage = coverage or out["private_mask_coverage"]
+    return write_report(args, per_seed, coverage, settings, description, general_source, threads, started,
+                        {"timing_steps": timing_steps})
+
+
+def write_report(args, per_seed: dict, coverage, settings, description: str, general_source: str, threads: int,
+                 started: float, extra_config: dict) -> int:
+    """results.json, results.md and tradeoff.png in ``args.out`` from every seed's rows; the partial files go."""
+    seeds = sorted(per_seed)
     report.add_gap_closed(per_seed)
     summary = report.summarise(per_seed)
     target_lines = report.targets(summary)
@@ -142,7 +181,7 @@ def main(argv=None) -> int:
                    "general_text": general_source, "arms": {a.name: a.description for a in args.arm_list},
                    "later_seed_arms": [a.name for a in args.later_arm_list],
                    "sinks_config": {a.name: a.sinks for a in args.arm_list if a.has_sinks},
-                   "settings": to_dict(settings), "timing_steps": timing_steps,
+                   "settings": to_dict(settings), **extra_config,
                    "std": "sample std over seeds (ddof=1); 0.0 with one seed"},
         "machine": machine_description(threads),
         "summary": summary,
