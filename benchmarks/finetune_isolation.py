@@ -43,6 +43,7 @@ from finetune_lib.train import train_arm  # noqa: E402
 from memorization import machine_description  # noqa: E402
 from memorization_lib.data import load_text  # noqa: E402
 
+TIMING_FILE = "timing.json"
 SHAKESPEARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                            "tinyshakespeare.txt")
 
@@ -61,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--timing-steps", type=int, default=None, help="alternating steps per timed arm (default 6; 2 quick)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, CPUs))")
     p.add_argument("--out", required=True, help="folder for results.json, results.md and tradeoff.png")
+    p.add_argument("--timing-only", action="store_true",
+                   help=f"measure only the arms' step times against standard (the first seed's data) into "
+                        f"--out/{TIMING_FILE}, which --report-from uses")
     p.add_argument("--report-from", action="store_true",
                    help="train nothing: write the report from the partial-seed<N>.json files an interrupted run left "
                         "in --out (arms and seeds as far as it got; give the same --arms / --later-seed-arms)")
@@ -103,13 +107,17 @@ def run_seed(arms, base, tokenizer, settings, general_text: str, seed: int, timi
               f"measured in {time.perf_counter() - start - stats['train_seconds']:.0f} s", flush=True)
         del model
         _write_partial(out_dir, seed, rows, coverage)
-    ratios = step_time_ratios(arms, base, data, tokenizer, settings, timing_steps)
+    apply_step_times(rows, step_time_ratios(arms, base, data, tokenizer, settings, timing_steps))
+    _write_partial(out_dir, seed, rows, coverage)
+    return {"rows": rows, "private_mask_coverage": coverage}
+
+
+def apply_step_times(rows: dict, ratios: dict) -> None:
+    """Give every row of an arm (each sinks mode of it too) the arm's step time against standard's."""
     for name, ratio in ratios.items():
         for row_name, row in rows.items():
             if row_name == name or row_name.startswith(name + "/"):
                 row["step_time_ratio"] = ratio
-    _write_partial(out_dir, seed, rows, coverage)
-    return {"rows": rows, "private_mask_coverage": coverage}
 
 
 def _write_partial(out_dir: str, seed: int, rows: dict, coverage: dict | None) -> None:
@@ -143,6 +151,11 @@ def main(argv=None) -> int:
     settings.base_model = args.base_model
     if args.report_from:
         per_seed, coverage = read_partials(args.out)
+        timing_path = os.path.join(args.out, TIMING_FILE)
+        if os.path.isfile(timing_path):  # measured apart by --timing-only: the interrupted run's were lost
+            with open(timing_path, encoding="utf-8") as f:
+                timing = json.load(f)
+            apply_step_times(per_seed[timing["seed"]], timing["step_time_ratios"])
         description = "as the interrupted run's log says"
         config = {"assembled_from_partials": True, "seeds": sorted(per_seed)}
         return write_report(args, per_seed, coverage, settings, description, "as the interrupted run's", threads,
@@ -158,6 +171,14 @@ def main(argv=None) -> int:
     timing_steps = args.timing_steps if args.timing_steps is not None else (2 if args.quick else 6)
     print(f"base: {description}; general text: {general_source}; arms: {', '.join(a.name for a in args.arm_list)}; "
           f"seeds {seeds}", flush=True)
+    if args.timing_only:
+        data = datasets_.build(tokenizer, settings, general_text, seeds[0])
+        ratios = step_time_ratios(args.arm_list, base, data, tokenizer, settings, timing_steps)
+        with open(os.path.join(args.out, TIMING_FILE), "w", encoding="utf-8") as f:
+            json.dump({"seed": seeds[0], "step_time_ratios": ratios, "timing_steps": timing_steps,
+                       "machine": machine_description(threads)}, f, indent=2)
+        print(f"step time against standard: {ratios}")
+        return 0
     per_seed, coverage = {}, None
     for seed in seeds:
         arms = args.arm_list if seed == seeds[0] else args.later_arm_list

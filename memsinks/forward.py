@@ -83,12 +83,16 @@ class ForwardWithSequenceIds:
             _warn_if_sinks_frozen(model)
         training = model.training and torch.is_grad_enabled()
         if training and self.warmup is not None:
-            self.warmup.on_training_forward()
+            if private_mask is None:
+                self.warmup.on_training_forward()
+            else:  # marked tokens reach only the sinks anyway: no race to win, and no step of the task to lose
+                self.warmup.active = False
         weight = linear_weight(self.reference.base)
         router.begin(ids, mode, exclude, weight.dtype, weight.device)
         if training and private_mask is not None:
-            return forward_with_private_tokens(lambda **kw: self.class_forward(model, *args, **kw), kwargs,
-                                               private_mask, sink_slices(model), model)
+            return forward_with_private_tokens(
+                lambda **kw: self.class_forward(model, *args, **kw), kwargs, private_mask, sink_slices(model), model,
+                lambda: router.begin(ids, "drop", (), weight.dtype, weight.device))
         return self.class_forward(model, *args, **kwargs)
 
 

@@ -92,3 +92,14 @@ def test_removing_the_sinks_mid_warm_up_removes_its_gradient_hooks():
     plain.zero_grad()
     plain(x, labels=x).loss.backward()
     assert plain.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_a_batch_with_marked_private_tokens_is_not_warmed_up():
+    """Marked tokens reach only the sinks anyway, so the public tokens train the shared units from the first step."""
+    model = _model("append", steps=3)
+    x = token_batch(shape=(2, 12), seed=0)
+    private = torch.zeros_like(x)
+    private[:, 4:7] = 1
+    model(x, labels=x, sequence_ids=torch.tensor([3, 4]), private_mask=private).loss.backward()
+    assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert int(getattr(model.model.layers[0].mlp.down_proj, PROGRESS_BUFFER)) == 0
