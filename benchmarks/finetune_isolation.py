@@ -156,9 +156,9 @@ def main(argv=None) -> int:
             with open(timing_path, encoding="utf-8") as f:
                 timing = json.load(f)
             apply_step_times(per_seed[timing["seed"]], timing["step_time_ratios"])
-        description = "as the interrupted run's log says"
+        description = "the model named in the log of the run that wrote the partial files"
         config = {"assembled_from_partials": True, "seeds": sorted(per_seed)}
-        return write_report(args, per_seed, coverage, settings, description, "as the interrupted run's", threads,
+        return write_report(args, per_seed, coverage, settings, description, "as in that log", threads,
                             time.perf_counter(), config)
     general_path = args.general_text or (SHAKESPEARE if os.path.isfile(SHAKESPEARE) else None)
     general_text, general_source = load_text(general_path, 400_000)
