@@ -23,7 +23,7 @@ def test_lora_dp_finetune_trains_only_adapters_and_sinks_and_ships_the_base_arch
         "scenario": "finetune", "model": {"name_or_path": str(base)},
         "data": {"source": str(tmp_path / "docs.jsonl"), "id_column": "author", "window": 32, "n_train": 40,
                  "n_repeated": 4, "repeats": 2, "n_heldout": 4, "n_canaries": 1},
-        "sinks": {"n_sink_units": 8},
+        "sinks": {"n_sink_units": 8, "sink_warmup_steps": 0},  # 3 steps: a warm-up would hold the adapters still
         "lora": {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
         "privacy": {"enabled": True, "noise_multiplier": 1.0, "privacy_unit": "sequence_id",
                     "physical_batch_size": 16},
