@@ -67,6 +67,7 @@ set_model_state_dict(model, dict(target), options=StateDictOptions(full_state_di
 result["loaded_diff"] = diff(gathered(), target)
 with open(out + f".{dist.get_rank()}", "w") as f:
     json.dump(result, f)
+dist.barrier()  # no rank tears gloo down while the other still has collectives in flight
 dist.destroy_process_group()
 """
 
