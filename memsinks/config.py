@@ -21,6 +21,7 @@ PLACEMENTS = ("split", "append")
 EVAL_MODES = ("drop", "mean", "own", "exclude")
 HASH_SCHEMES = ("splitmix64-v1",)
 SINK_INITS = ("mirror", "zero", "random")
+PRIVATE_TOKEN_TARGETS = ("none", "batch_marginal")
 
 #: What a placement does when a training-dynamics field is left unset (None): the settings measured best
 #: (benchmarks/finetune_isolation.py for append; the paper's setup for split).
@@ -103,6 +104,15 @@ class SinksConfig(SavedConfig):
         "the shared units start learning. Counted in forward passes in training mode (optimizer steps times "
         "gradient accumulation steps), saved with the model so that a resumed run does not repeat it. "
         "Unset: 8 for 'append', 0 for 'split'.")})
+    private_token_target: str = field(default="none", metadata={"help": (
+        "With a private_mask in the batch: what the shipped model (sinks dropped) is trained to predict where "
+        "the next token is private. 'none' (the default): nothing; no private token's value reaches a shared "
+        "parameter, but a kind of token that is only ever private (every digit, when every number is marked) "
+        "is never a target for the shipped model and becomes improbable to it. 'batch_marginal': the "
+        "distribution of the micro-batch's private tokens, pooled over all its private positions and records, "
+        "so the shipped model keeps predicting the kind of token (a digit) without which one or in what order. "
+        "A record's private tokens then reach the shared parameters as 1/(the batch's private token count) of "
+        "that shared target: use batches of several records.")})
 
     def __post_init__(self) -> None:
         for name in ("p_gen", "p_mem"):
@@ -189,6 +199,9 @@ class SinksConfig(SavedConfig):
         steps = self.sink_warmup_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"SinksConfig.sink_warmup_steps must be an int >= 0; got {steps!r}.")
+        if self.private_token_target not in PRIVATE_TOKEN_TARGETS:
+            raise ValueError(f"SinksConfig.private_token_target must be one of {PRIVATE_TOKEN_TARGETS}; got "
+                             f"{self.private_token_target!r}.")
 
     @property
     def paired_units(self) -> bool:

@@ -92,7 +92,8 @@ class ForwardWithSequenceIds:
         if training and private_mask is not None:
             return forward_with_private_tokens(
                 lambda **kw: self.class_forward(model, *args, **kw), kwargs, private_mask, sink_slices(model), model,
-                lambda: router.begin(ids, "drop", (), weight.dtype, weight.device))
+                lambda: router.begin(ids, "drop", (), weight.dtype, weight.device),
+                marginal_target=router.config.private_token_target == "batch_marginal")
         return self.class_forward(model, *args, **kwargs)
 
 

@@ -25,6 +25,15 @@ model twice on the same batch:
 The returned loss is the sum of the two parts weighted by their token counts (or both divided
 by ``num_items_in_batch`` when the Trainer passes it): the mean over all labelled tokens, each
 scored as it was trained, so gradient accumulation weighs batches as it always does.
+
+The public pass never has a private token as its target, so a kind of token that is only ever
+private (the digits, when every number is marked) is pushed down by every softmax and never up:
+the shipped model learns that digits do not occur (measured on SmolLM2-135M: held-out numbers'
+loss rose to 6.9 nats per token, against 3.4 after plain fine-tuning). ``SinksConfig.private_token_target="batch_marginal"``
+gives the public pass, at each position whose next token is private, the cross-entropy against
+the micro-batch's private tokens pooled into one distribution (``batch_marginal_loss``): the
+shipped model keeps "a digit comes here" without learning which digit a record has. It is added
+to the gradient only; the loss value returned is unchanged.
 """
 
 from __future__ import annotations
@@ -129,6 +138,28 @@ def _count(labels: torch.Tensor) -> int:
     return int((labels[..., 1:] != IGNORE_INDEX).sum())
 
 
+def batch_marginal_loss(logits: torch.Tensor, private_labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of the private positions' predictions against their pooled targets.
+
+    Args:
+        logits: (B, T, V) the public pass's logits.
+        private_labels: (B, T) the private tokens, -100 elsewhere (causal: position t's logits
+            predict the label at t + 1).
+
+    Returns a scalar: ``-sum_i sum_v q_v log p_i(v)`` over the n private positions i, where
+    ``q`` is the histogram of the n private tokens divided by n, the same target at every one.
+    """
+    targets = private_labels[:, 1:]
+    where = targets != IGNORE_INDEX
+    tokens = targets[where]
+    if tokens.numel() == 0:
+        return logits.sum() * 0.0
+    kinds, counts = torch.unique(tokens, return_counts=True)
+    q = counts.to(torch.float32) / tokens.numel()
+    log_p = torch.log_softmax(logits[:, :-1][where].float(), dim=-1)[:, kinds]
+    return -(log_p @ q).sum()
+
+
 def forward_with_private_tokens(
     run_forward: Callable[..., Any],
     kwargs: dict,
@@ -136,6 +167,7 @@ def forward_with_private_tokens(
     slices: Sequence[SinkSlice],
     model: nn.Module,
     drop_sinks: Callable[[], None],
+    marginal_target: bool = False,
 ):
     """The training forward with marked private tokens (see the module docstring).
 
@@ -147,6 +179,8 @@ def forward_with_private_tokens(
         model: the module whose gradient checkpointing is made non-reentrant for the private pass.
         drop_sinks: switches the sinks off for the forwards that follow (the public pass, and its
             recomputation under gradient checkpointing); the caller routes the next forward anew.
+        marginal_target: train the public pass toward the batch's pooled private tokens at the
+            private positions (``batch_marginal_loss``), weighted as one more labelled token each.
     """
     labels = kwargs.get("labels")
     if labels is None:
@@ -186,5 +220,8 @@ def forward_with_private_tokens(
         loss_public = weighted(out.loss, n_public)
     else:
         loss_public = out.logits.sum() * 0.0
+    if marginal_target:
+        marginal = batch_marginal_loss(out.logits, private) / (kwargs["num_items_in_batch"] if given else total)
+        loss_public = loss_public + (marginal - marginal.detach())
     out.loss = _AddSinkGradients.apply(loss_public, private_value, len(grads), *grads, *params)
     return out

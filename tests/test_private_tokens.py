@@ -11,11 +11,11 @@ from memsinks.sink_slices import sink_slices
 from tests.conftest import token_batch
 
 
-def _model(family: str, placement: str, seed: int = 0):
+def _model(family: str, placement: str, seed: int = 0, **config):
     shape = DecoderShape(family=family, n_layer=2, n_embd=32, n_head=2, intermediate=64, n_kv_heads=1, dropout=0.0)
     model = build_decoder(shape, 128, seed=seed, token_id=0)
     cfg = memsinks.SinksConfig(placement=placement, n_sink_units=16 if placement == "append" else None,
-                               sink_warmup_steps=0)
+                               sink_warmup_steps=0, **config)
     return memsinks.add_sinks(model, cfg).train()
 
 
@@ -166,3 +166,62 @@ def test_the_column_survives_the_stock_trainer_and_its_private_tokens_reach_only
         if sinks[name] is None:
             assert torch.equal(p, before[name]), name  # every labelled token private: shared units never moved
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if sinks[n] is not None)
+
+
+def _dense_marginal_loss(logits, private_labels):
+    """The pooled-target cross-entropy written out over the whole vocabulary."""
+    targets = private_labels[:, 1:]
+    where = targets != -100
+    q = torch.zeros(logits.shape[-1])
+    for t in targets[where].tolist():
+        q[t] += 1.0
+    q /= q.sum()
+    return -(torch.log_softmax(logits[:, :-1][where], -1) * q).sum()
+
+
+def test_the_batch_marginal_target_is_the_pooled_histogram_and_ignores_which_record_holds_which_token():
+    from memsinks.private_tokens import batch_marginal_loss
+
+    logits = torch.randn(3, 16, 128, generator=torch.Generator().manual_seed(0))
+    x, _, private = _batch()
+    labels = x.masked_fill(~private.bool(), -100)
+    got = batch_marginal_loss(logits, labels)
+    assert torch.allclose(got, _dense_marginal_loss(logits, labels), atol=1e-5)
+    # the same private tokens moved between positions and records: the same target at every position
+    where = labels != -100
+    shuffled = labels.clone()
+    shuffled[where] = labels[where][torch.randperm(int(where.sum()), generator=torch.Generator().manual_seed(1))]
+    assert torch.allclose(batch_marginal_loss(logits, shuffled), got, atol=1e-5)
+    assert float(batch_marginal_loss(logits, x.masked_fill(torch.ones_like(private).bool(), -100))) == 0.0
+
+
+def test_batch_marginal_adds_the_pooled_target_to_the_shipped_models_gradient_only():
+    x, ids, private = _batch()
+    plain = _model("llama", "append")
+    marginal = _model("llama", "append", private_token_target="batch_marginal")
+    a = plain(x, labels=x, sequence_ids=ids, private_mask=private)
+    b = marginal(x, labels=x, sequence_ids=ids, private_mask=private)
+    assert torch.allclose(a.loss, b.loss, atol=1e-6)  # the reported loss is the tokens' loss as before
+    a.loss.backward()
+    b.loss.backward()
+    # the extra gradient: the pooled target's cross-entropy on the shipped model (sinks dropped), per labelled token
+    n_all = int((x[:, 1:] != -100).sum())
+    reference = _model("llama", "append")
+    with memsinks.sinks_mode(reference, "drop"):
+        logits = reference(x, sequence_ids=ids).logits
+    (_dense_marginal_loss(logits, x.masked_fill(~private.bool(), -100)) / n_all).backward()
+    sinks = _is_sink(marginal)
+    extra = _grads(reference)
+    moved = 0
+    for (name, p), q in zip(marginal.named_parameters(), plain.parameters()):
+        want = q.grad if q.grad is not None else torch.zeros_like(q)
+        if sinks[name] is None:
+            want = want + extra[name]
+            moved += int(extra[name].abs().sum() > 0)
+        assert torch.allclose(p.grad if p.grad is not None else torch.zeros_like(p), want, atol=1e-6), name
+    assert moved > 0
+
+
+def test_an_unknown_private_token_target_is_refused():
+    with pytest.raises(ValueError, match="private_token_target must be one of"):
+        memsinks.SinksConfig(placement="append", n_sink_units=16, private_token_target="uniform")

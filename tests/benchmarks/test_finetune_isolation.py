@@ -24,6 +24,17 @@ def test_every_selection_includes_the_standard_reference_and_unknown_arms_are_na
         arms.select(["nope"])
 
 
+def test_later_seeds_can_run_apart_and_a_run_that_would_measure_nothing_is_refused(capsys):
+    import finetune_isolation
+
+    assert finetune_isolation.parse_args(["--first-seed", "1", "--seeds", "2", "--out", "x"]).seed_list == [1, 2]
+    for argv, message in ((["--first-seed", "-1"], "--first-seed must be >= 0"),
+                          (["--no-timing", "--timing-only"], "would measure nothing")):
+        with pytest.raises(SystemExit):
+            finetune_isolation.parse_args([*argv, "--out", "x"])
+        assert message in capsys.readouterr().err
+
+
 def test_gap_closed_is_measured_against_standard_of_the_same_seed():
     per_seed = {0: {"standard": {"gap": 2.0}, "sinks/drop": {"gap": 0.5}},
                 1: {"standard": {"gap": 1.0}, "sinks/drop": {"gap": 1.0}}}
