@@ -45,7 +45,7 @@ SHAPE_KEYS = {f.name for f in dataclasses.fields(DecoderShape)}
 
 
 def parse_grid(text: str) -> dict[str, list]:
-    """ "a=1,2 b=x" -> {"a": [1, 2], "b": ["x"]} (numbers parsed as int or float)."""
+    """ "a=1,2 b=x c=true" -> {"a": [1, 2], "b": ["x"], "c": [True]} (numbers as int or float, true/false as bools)."""
     grid = {}
     for item in text.split():
         key, _, values = item.partition("=")
@@ -53,6 +53,9 @@ def parse_grid(text: str) -> dict[str, list]:
             raise ValueError(f"Grid item {item!r} is not key=v1,v2,...")
         parsed = []
         for v in values.split(","):
+            if v.lower() in ("true", "false"):
+                parsed.append(v.lower() == "true")
+                continue
             try:
                 parsed.append(int(v))
             except ValueError:
@@ -151,10 +154,11 @@ def main(argv=None) -> int:
                       f" closing {100 * row['gap_closed_mean_mode']:.0f}% ({time.perf_counter() - start:.0f} s)", flush=True)
                 with open(path, "w", encoding="utf-8") as f:
                     json.dump(rows, f, indent=1)
-    lines = ["| setup | p_gen | p_mem | seed | std held-out | std repeated | drop held-out | drop repeated | "
-             "gap closed | held-out cost (drop) | mean held-out cost | mean closes |", "|" + "---|" * 12]
+    lines = ["| setup | p_gen | p_mem | other sinks fields | seed | std held-out | std repeated | drop held-out | drop repeated | "
+             "gap closed | held-out cost (drop) | mean held-out cost | mean closes |", "|" + "---|" * 13]
     for r in rows:
-        lines.append(f"| {r['setup'] or 'default'} | {r['sinks']['p_gen']} | {r['sinks']['p_mem']} | {r['seed']} | "
+        other = ", ".join(f"{k}={v}" for k, v in r["sinks"].items() if k not in ("placement", "p_gen", "p_mem")) or "-"
+        lines.append(f"| {r['setup'] or 'default'} | {r['sinks']['p_gen']} | {r['sinks']['p_mem']} | {other} | {r['seed']} | "
                      f"{r['standard']['heldout']:.3f} | {r['standard']['repeated']:.3f} | "
                      f"{r['memsinks']['drop']['heldout']:.3f} | {r['memsinks']['drop']['repeated']:.3f} | "
                      f"{100 * r['gap_closed']:.0f}% | {100 * (r['heldout_ratio_drop'] - 1):+.1f}% | "
