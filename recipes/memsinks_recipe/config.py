@@ -66,6 +66,13 @@ class DataArguments(CorpusConfig):
     id_column: str | None = field(default=None, metadata=_help(
         "finetune: rows sharing this column's value share one sequence ID (memsinks.key_id): user- or "
         "document-level sinks (and DP with privacy.privacy_unit=sequence_id); unset: a hash of each row's tokens"))
+    mark_private_spans: bool = field(default=False, metadata=_help(
+        "mark private tokens (memsinks.mark_private_spans) so that only the sinks learn them: emails, phone numbers "
+        "of 7+ digits and runs of 6+ digits, or data.private_patterns; finetune scenario with sinks only (not with "
+        "privacy.enabled)"))
+    private_patterns: dict | None = field(default=None, metadata=_help(
+        "with data.mark_private_spans: {name: regex} replacing the default patterns (a pattern named phone needs "
+        "7+ digits in a match); unset: the library's defaults"))
 
 
 @dataclass
@@ -202,6 +209,8 @@ def check_recipe(r: Recipe) -> None:
         raise RecipeError("data.id_column is for finetune; pretraining gives each window the hash of its tokens.")
     if d.id_column is not None and d.source == "embedded":
         raise RecipeError("data.id_column names a column of your data, but data.source is 'embedded' (no columns).")
+    if d.mark_private_spans or d.private_patterns is not None:
+        check_private_spans(r)
     if r.sinks.enabled:
         try:
             memsinks.SinksConfig(placement=r.sinks.placement, **r.sinks_config)
@@ -216,6 +225,53 @@ def check_recipe(r: Recipe) -> None:
         unknown = sorted(set(r.probes.probes) - set(PROBE_NAMES))
         if unknown:
             raise RecipeError(f"probes.probes has unknown probes {unknown}; choose from {', '.join(PROBE_NAMES)}.")
+
+
+def check_private_spans(r: Recipe) -> None:
+    """Refuse ``data.mark_private_spans`` where the marks would not reach the sinks, and bad ``data.private_patterns``.
+
+    The marks only matter to a model with sinks trained by the plain Trainer: it trains the marked
+    tokens' loss into the sinks alone (``memsinks.private_tokens``), which needs the labels in the batch.
+    """
+    from memsinks.private_spans import find_private_spans
+
+    d = r.data
+    if not d.mark_private_spans:
+        raise RecipeError("data.private_patterns is set but data.mark_private_spans is false, so nothing would be "
+                          "marked. Set data.mark_private_spans true, or remove data.private_patterns.")
+    if r.scenario != "finetune":
+        raise RecipeError(
+            f"data.mark_private_spans is for scenario 'finetune', not {r.scenario!r}: pretraining cuts the text into "
+            "data.window-token windows, so a number across two windows is split and each part can be too short for "
+            "the patterns (6 digits, 7 for a phone number) and go unmarked. Fine-tune the pretrained model on the "
+            "data with private spans (scenario: finetune), or remove data.mark_private_spans.")
+    if not r.sinks.enabled:
+        raise RecipeError("data.mark_private_spans needs sinks (sinks.enabled: true): marked tokens train only the "
+                          "sinks, and without sinks the model would learn them like every other token. Set "
+                          "sinks.enabled true, or remove data.mark_private_spans.")
+    if r.privacy.enabled:
+        raise RecipeError(
+            "data.mark_private_spans cannot be combined with privacy.enabled: DP-SGD (memsinks.make_private) refuses "
+            "a private_mask column, because routing the marked tokens into the sinks takes a second backward pass "
+            "that per-example clipping does not see, so the DP guarantee would not cover it. Choose one: set "
+            "privacy.enabled false to train with marked spans, or data.mark_private_spans false to train with DP-SGD.")
+    smoothing = r.training.get("label_smoothing_factor") or 0
+    if smoothing > 0:
+        raise RecipeError(
+            f"data.mark_private_spans with training.label_smoothing_factor={smoothing}: the Trainer's label smoother "
+            "takes the labels out of the batch, and the model needs them to train the marked tokens' loss into the "
+            "sinks. Set training.label_smoothing_factor 0, or remove data.mark_private_spans.")
+    patterns = d.private_patterns
+    if patterns is None:
+        return
+    if not isinstance(patterns, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in patterns.items()):
+        raise RecipeError("data.private_patterns is a mapping of names to regular expressions, all strings, e.g. "
+                          f"{{account: 'ACC-[0-9]{{8}}'}}; got {patterns!r}.")
+    try:
+        find_private_spans("", patterns)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"data.private_patterns: {err}") from None
 
 
 def check_model_config(architecture: str, values: dict) -> None:

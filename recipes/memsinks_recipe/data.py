@@ -3,9 +3,10 @@
 Pretraining (``scenario: pretrain``) uses the memorization corpus ``memsinks demo`` trains on
 (``memsinks._memorization_corpus``): the embedded stories, or windows of a text corpus;
 fine-tuning uses documents (one row each, truncated to ``data.window`` tokens), optionally with
-an ID column naming each row's user or document. In both, ``n_repeated`` rows and
-``n_canaries`` planted canaries are trained on ``repeats`` times (the memorization targets the
-probes measure) and ``n_heldout`` rows are never trained on.
+an ID column naming each row's user or document, and with ``data.mark_private_spans`` a
+``private_mask`` column marking the tokens only the sinks may learn. In both, ``n_repeated``
+rows and ``n_canaries`` planted canaries are trained on ``repeats`` times (the memorization
+targets the probes measure) and ``n_heldout`` rows are never trained on.
 
 Rank 0 prepares the data and saves it under ``output_dir/recipe_data`` (tokenizer, training
 set, probe sets, the settings that made them); every rank then reads that copy, so all ranks
@@ -22,7 +23,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from memsinks_recipe.common import RecipeError, read_json, write_json
+from memsinks_recipe.common import RecipeError, read_json, say, write_json
 from memsinks_recipe.config import DataArguments, Recipe
 
 
@@ -35,7 +36,7 @@ class PreparedData:
     """
 
     tokenizer: Any
-    train: Any  # datasets.Dataset with input_ids and sequence_ids
+    train: Any  # datasets.Dataset with input_ids and sequence_ids (and private_mask with data.mark_private_spans)
     members: list[list[int]]
     member_ids: list[int]
     canaries: list[list[int]]
@@ -44,8 +45,13 @@ class PreparedData:
     heldout: list[list[int]]
 
 
+#: Tokens of a document past the window that its private spans are looked for in (``data.mark_private_spans``).
+PRIVATE_SPAN_LOOKAHEAD = 64
+
+
 def data_fingerprint(r: Recipe) -> dict:
-    """The settings that decide the prepared data; a resumed run must have the same ones."""
+    """The settings that decide the prepared data (every ``data`` key, ``mark_private_spans`` and
+    ``private_patterns`` included); a resumed run must have the same ones."""
     return {"scenario": r.scenario, "data": dataclasses.asdict(r.data), "tokenizer": r.model.tokenizer,
             "name_or_path": r.model.name_or_path, "gguf_file": r.model.gguf_file}
 
@@ -160,17 +166,22 @@ def _finetune_rows(d: DataArguments, tokenizer) -> PreparedData:
     texts = table[d.text_field]
     keys = table[d.id_column] if d.id_column else None
     eos = tokenizer.eos_token_id
+    kept = d.window - (1 if eos is not None else 0)
+    contexts: list[tuple[list[int], list[int]]] = []  # (a trained row, its document's tokens a little past the cut)
 
-    def encode(text: str) -> list[int]:
-        ids = tokenizer(str(text))["input_ids"][: d.window - (1 if eos is not None else 0)]
-        return ids + ([eos] if eos is not None else [])
+    def encode(text: str, trained: bool = True) -> list[int]:
+        ids = tokenizer(str(text))["input_ids"]
+        row = ids[:kept] + ([eos] if eos is not None else [])
+        if d.mark_private_spans and trained:
+            contexts.append((row, ids[: kept + PRIVATE_SPAN_LOOKAHEAD]))
+        return row
 
-    def rows(indices) -> tuple[list[list[int]], list]:
-        return [encode(texts[i]) for i in indices], [keys[i] for i in indices] if keys is not None else []
+    def rows(indices, trained: bool = True) -> tuple[list[list[int]], list]:
+        return [encode(texts[i], trained) for i in indices], [keys[i] for i in indices] if keys is not None else []
 
     train, train_keys = rows(train_idx)
     repeated, repeated_keys = rows(repeated_idx)
-    heldout, _ = rows(heldout_idx)
+    heldout, _ = rows(heldout_idx, trained=False)
     canary_texts = draw_canaries(d.n_canaries, d.canary_digits, d.seed)
     canaries = [encode(t) for t in canary_texts]
     if keys is None:
@@ -183,7 +194,38 @@ def _finetune_rows(d: DataArguments, tokenizer) -> PreparedData:
         sources = [Source(train, ids=[memsinks.key_id(k) for k in train_keys]),
                    Source(repeated + canaries, d.repeats, ids=member_ids + canary_ids)]
     ds = training_dataset(sources, seed=d.seed)
+    if d.mark_private_spans:
+        ds = _mark_private(ds, tokenizer, d.private_patterns, contexts, eos is not None)
     return PreparedData(tokenizer, ds, repeated, member_ids, canaries, canary_ids, canary_texts, heldout)
+
+
+def _mark_private(ds, tokenizer, patterns: dict | None, contexts: list[tuple[list[int], list[int]]],
+                  ends_with_eos: bool):
+    """``ds`` with a ``private_mask`` column: ``memsinks.mark_private_spans`` over each trained row's document
+    tokens up to ``PRIVATE_SPAN_LOOKAHEAD`` past the window, cut back to the row.
+
+    Marking the cut rows alone would miss a number the window cuts through: the digits kept can be too
+    few for the patterns (6, or 7 for a phone number), and the model would learn them. The closing EOS
+    is never private; equal rows from different documents share a mask marking what any of them marks.
+    """
+    import datasets
+
+    import memsinks
+    from memsinks.data import PRIVATE_MASK
+
+    marked = memsinks.mark_private_spans(datasets.Dataset.from_dict({"input_ids": [c for _, c in contexts]}),
+                                         tokenizer, patterns=patterns)[PRIVATE_MASK]
+    masks: dict[tuple[int, ...], list[int]] = {}
+    for (row, _), mask in zip(contexts, marked):
+        n = len(row) - (1 if ends_with_eos else 0)
+        mask = list(mask[:n]) + [0] * (len(row) - n)
+        seen = masks.setdefault(tuple(row), mask)
+        masks[tuple(row)] = [a | b for a, b in zip(seen, mask)]
+    column = [masks[tuple(row)] for row in ds["input_ids"]]
+    n_rows = sum(1 for m in column if any(m))
+    say(f"data.mark_private_spans: {sum(map(sum, column)):,} tokens in {n_rows:,} of {len(column):,} training rows "
+        "marked private (only the sinks learn them)")
+    return ds.add_column(PRIVATE_MASK, column, feature=datasets.Sequence(datasets.Value("int8")))
 
 
 def save_prepared(data: PreparedData, fingerprint: dict, directory: str) -> None:
@@ -203,11 +245,18 @@ def save_prepared(data: PreparedData, fingerprint: dict, directory: str) -> None
 
 
 def load_prepared(directory: str, fingerprint: dict | None) -> PreparedData:
-    """Read prepared data; with ``fingerprint``, refuse data prepared with other settings."""
+    """Read prepared data; with ``fingerprint``, refuse data prepared with other settings.
+
+    A ``data`` key missing from the saved settings (the recipe gained it later) counts as its default,
+    so that data prepared before, say, ``data.mark_private_spans`` existed can still be resumed.
+    """
     import datasets
     from transformers import AutoTokenizer
 
     saved = read_json(os.path.join(directory, "settings.json"))
+    if "data" in saved:  # a data key added to the recipe after this data was prepared: it had the key's default
+        saved["data"] = {**{f.name: f.default for f in dataclasses.fields(DataArguments)
+                            if f.default is not dataclasses.MISSING}, **saved["data"]}
     if fingerprint is not None and saved != json.loads(json.dumps(fingerprint)):
         changed = sorted(k for k in set(saved.get("data", {})) | set(fingerprint["data"])
                          if saved.get("data", {}).get(k) != fingerprint["data"].get(k))

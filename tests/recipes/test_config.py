@@ -242,6 +242,122 @@ def test_fine_tuning_rows_carry_the_id_of_their_column_and_resumption_needs_the_
         load_prepared(str(tmp_path / "prepared"), data_fingerprint(recipe))
 
 
+# ------------------------------------------------------------------------------------------ private spans
+@pytest.mark.parametrize("overrides, message", [
+    ([("privacy.enabled", "true"), ("privacy.noise_multiplier", "1.0")],
+     ("data.mark_private_spans cannot be combined with privacy.enabled: DP-SGD (memsinks.make_private) refuses a "
+      "private_mask column")),
+    ([("sinks.enabled", "false")], "data.mark_private_spans needs sinks (sinks.enabled: true)"),
+    ([("training.label_smoothing_factor", "0.1")],
+     "data.mark_private_spans with training.label_smoothing_factor=0.1: the Trainer's label smoother takes the labels"),
+    ([("data.private_patterns", "{card: '('}")],
+     "data.private_patterns: private-span pattern 'card' ('(') is not a valid regular expression"),
+    ([("data.private_patterns", "{card: 1234}")], "data.private_patterns is a mapping of names to regular expressions"),
+    ([("data.private_patterns", "{}")], "data.private_patterns: patterns is empty"),
+    ([("data.mark_private_spans", "false"), ("data.private_patterns", "{card: '[0-9]{16}'}")],
+     "data.private_patterns is set but data.mark_private_spans is false"),
+])
+def test_marked_private_spans_are_refused_where_the_marks_would_not_reach_the_sinks(tmp_path, overrides, message):
+    path = _finetune_config(tmp_path, tmp_path, source="embedded", mark_private_spans=True)
+    assert load_recipe(str(path)).data.mark_private_spans  # the settings alone are fine
+    with pytest.raises(RecipeError) as err:
+        load_recipe(str(path), overrides)
+    assert message in str(err.value)
+    assert "data.mark_private_spans" in str(err.value) or "data.private_patterns" in str(err.value)
+
+
+def test_marked_private_spans_are_refused_for_pretraining_and_pass_sinks_settings_through(tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", tiny_pretrain_config(tmp_path / "run"))
+    status, err = _run_main(["--config", config, "--data.mark_private_spans", "true"], capsys)
+    assert status == 2 and "data.mark_private_spans is for scenario 'finetune', not 'pretrain'" in err
+    assert "scenario: finetune" in err and not (tmp_path / "run").exists()
+    path = _finetune_config(tmp_path, tmp_path, source="embedded", mark_private_spans=True)
+    recipe = load_recipe(str(path), [("sinks.private_token_target", "batch_marginal")])
+    assert recipe.sinks_config["private_token_target"] == "batch_marginal"  # any SinksConfig field
+
+
+PHONE = "5551234567"
+
+
+def _plant_numbers(tmp_path, base, window: int) -> None:
+    """Rewrite docs.jsonl so every story starts with 'Age 42.' and a phone number: whole inside the first
+    ``window`` tokens in even rows; in odd rows cut by the window after its first 1 to 5 digits (too few
+    for any default pattern)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    kept = window - 1  # the row's last token is EOS
+
+    def before_number(text: str) -> int:
+        return len(tok(text + "Call ")["input_ids"])
+
+    path = tmp_path / "docs.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        head = "Age 42. "
+        if i % 2:
+            words = row["text"].split()
+            k = max(k for k in range(len(words)) if before_number(head + " ".join(words[:k]) + " ") <= kept - 3)
+            head += " ".join(words[:k]) + " "
+            while before_number(head + "a ") <= kept - 3:  # pad with one-token words
+                head += "a "
+            assert 1 <= kept - before_number(head) <= 5, "the window must cut the number after 1 to 5 digits"
+        row["text"] = f"{head}Call {PHONE} now. {row['text']}"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_fine_tuning_rows_mark_exactly_the_digits_of_planted_numbers_and_canaries(base_model_dir, tmp_path):
+    from memsinks_recipe.data import data_fingerprint, load_prepared, load_tokenizer, prepare_data, save_prepared
+
+    _plant_numbers(tmp_path, base_model_dir, window=32)
+    recipe = load_recipe(str(_finetune_config(tmp_path, base_model_dir, mark_private_spans=True)))
+    tok = load_tokenizer(str(base_model_dir))
+    data = prepare_data(recipe, tok)
+    assert data.train.features["private_mask"].feature.dtype == "int8"
+    seen = {"whole": 0, "cut": 0, "canary": 0}
+    for ids, mask in zip(data.train["input_ids"], data.train["private_mask"]):
+        pieces = [tok.decode([t]) for t in ids]
+        assert len(mask) == len(ids) and mask[-1] == 0  # the closing EOS is public
+        runs, run = [], []  # maximal runs of digit tokens (the tokenizer gives one digit per token)
+        for i, piece in enumerate(pieces + [""]):
+            if piece.strip().isdigit():
+                run.append(i)
+            elif run:
+                runs.append(run)
+                run = []
+        digits = {i for r in runs for i in r}
+        assert all(mask[i] == 0 for i in range(len(ids)) if i not in digits), "only digits are marked"
+        canary = "my account number is" in tok.decode(ids)
+        secret = "".join(c for c in data.canary_texts[0] if c.isdigit()) if canary else PHONE
+        for r in runs:
+            number = "".join(pieces[i].strip() for i in r)
+            if number == "42":
+                assert [mask[i] for i in r] == [0, 0]  # too short for any default pattern
+                continue
+            assert [mask[i] for i in r] == [1] * len(r), number
+            assert number == secret or (secret.startswith(number) and r[-1] == len(ids) - 2 and len(number) < 6)
+            seen["canary" if canary else "whole" if number == secret else "cut"] += 1  # cut: alone it matches nothing
+    assert min(seen.values()) > 0, seen
+
+    save_prepared(data, data_fingerprint(recipe), str(tmp_path / "prepared"))
+    again = load_prepared(str(tmp_path / "prepared"), data_fingerprint(recipe))
+    assert again.train["private_mask"] == data.train["private_mask"]  # a resumed run trains on the same marks
+    recipe.data.mark_private_spans = False
+    with pytest.raises(RecipeError, match="other settings \\(changed: mark_private_spans\\)"):
+        load_prepared(str(tmp_path / "prepared"), data_fingerprint(recipe))
+    settings = json.loads((tmp_path / "prepared" / "settings.json").read_text())
+    for key in ("mark_private_spans", "private_patterns"):  # data prepared before these keys existed
+        del settings["data"][key]
+    (tmp_path / "prepared" / "settings.json").write_text(json.dumps(settings))
+    assert load_prepared(str(tmp_path / "prepared"), data_fingerprint(recipe)).train.num_rows == data.train.num_rows
+
+    recipe.data.mark_private_spans, recipe.data.private_patterns = True, {"greeting": "Call"}
+    custom = prepare_data(recipe, tok)
+    for ids, mask in zip(custom.train["input_ids"], custom.train["private_mask"]):
+        marked = "".join(tok.decode([t]) for t, m in zip(ids, mask) if m).split()
+        assert marked == (["Call"] if "Call" in tok.decode(ids) else [])  # the patterns replace the defaults
+
+
 # ------------------------------------------------------------------------------------------ ZeRO-3 layout
 @pytest.mark.parametrize("family, sinks", [
     ("gpt2", memsinks.SinksConfig(placement="split", p_gen=0.5)),
