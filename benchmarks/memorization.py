@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 from memorization_lib import report, scenario1, scenario2, scenario3  # noqa: E402
 from memorization_lib.data import load_text, scenario1_tokenizer  # noqa: E402
+from memorization_lib.grid import parse_grid  # noqa: E402
 from memorization_lib.markdown import markdown_report  # noqa: E402
 from memorization_lib.mixture import general_text, scenario3_tokenizer  # noqa: E402
 from memorization_lib.plots import plot_curves, plot_tradeoff  # noqa: E402
@@ -73,8 +74,19 @@ def parse_args(argv=None):
     p.add_argument("--base-model", help="scenario 2: fine-tune this pretrained model (a transformers folder, or one "
                                         "holding a single .gguf file) instead of pretraining a small one")
     p.add_argument("--s2-arms", help="scenario 2: only these arms (comma-separated, e.g. standard,memsinks,lora_vo_r4)")
+    p.add_argument("--s1-sinks", default="",
+                   help="scenarios 1 and 1n: SinksConfig values over the settings' sinks, e.g. "
+                        "\"sink_warmup_steps=100 centered_masks=true\" (chosen with memorization_sweep.py)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, CPUs))")
     args = p.parse_args(argv)
+    try:
+        grid = parse_grid(args.s1_sinks)
+    except ValueError as err:
+        p.error(f"--s1-sinks: {err}")
+    multi = [k for k, v in grid.items() if len(v) != 1]
+    if multi:
+        p.error(f"--s1-sinks takes one value per field (a sweep is memorization_sweep.py's job); {multi} have several")
+    args.s1_sinks = {k: v[0] for k, v in grid.items()}
     scenarios = {x.strip() for x in args.scenarios.split(",") if x.strip()}
     if not scenarios or not scenarios <= set(SCENARIOS):
         p.error(f"--scenarios takes a comma-separated list from {', '.join(SCENARIOS)}; got {args.scenarios!r}")
@@ -167,6 +179,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     seeds = list(range(args.seeds))
     s1 = Scenario1Settings.quick() if args.quick else Scenario1Settings()
+    s1.sinks = {**s1.sinks, **args.s1_sinks}
     s3 = Scenario3Settings.quick() if args.quick else Scenario3Settings()
     if args.base_model:
         s2 = Scenario2Settings.pretrained(args.base_model)

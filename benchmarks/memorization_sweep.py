@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import os
 import sys
@@ -33,6 +32,7 @@ import torch  # noqa: E402
 
 import memsinks  # noqa: E402
 from memorization_lib.data import build_scenario1, load_text, scenario1_tokenizer  # noqa: E402
+from memorization_lib.grid import combos, parse_grid  # noqa: E402
 from memorization_lib.scenario1 import scenario1_model  # noqa: E402
 from memorization_lib.settings import Scenario1Settings  # noqa: E402
 from memorization_lib.training import steps_for, train_arm  # noqa: E402
@@ -42,34 +42,6 @@ from memsinks.probes import sequence_losses  # noqa: E402
 
 SINK_KEYS = {f.name for f in dataclasses.fields(memsinks.SinksConfig)}
 SHAPE_KEYS = {f.name for f in dataclasses.fields(DecoderShape)}
-
-
-def parse_grid(text: str) -> dict[str, list]:
-    """ "a=1,2 b=x c=true" -> {"a": [1, 2], "b": ["x"], "c": [True]} (numbers as int or float, true/false as bools)."""
-    grid = {}
-    for item in text.split():
-        key, _, values = item.partition("=")
-        if not values:
-            raise ValueError(f"Grid item {item!r} is not key=v1,v2,...")
-        parsed = []
-        for v in values.split(","):
-            if v.lower() in ("true", "false"):
-                parsed.append(v.lower() == "true")
-                continue
-            try:
-                parsed.append(int(v))
-            except ValueError:
-                try:
-                    parsed.append(float(v))
-                except ValueError:
-                    parsed.append(v)
-        grid[key] = parsed
-    return grid
-
-
-def combos(grid: dict[str, list]) -> list[dict]:
-    keys = list(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*[grid[k] for k in keys])] or [{}]
 
 
 def settings_for(setup: dict, base: Scenario1Settings) -> Scenario1Settings:

@@ -1,0 +1,37 @@
+"""Settings on the command line: numbers, booleans and names, every combination for the sweep, one value each
+for the benchmark."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import memorization  # noqa: E402
+from memorization_lib import grid as grids  # noqa: E402
+
+
+def test_grid_values_parse_to_the_types_sinks_config_checks():
+    grid = grids.parse_grid("p_mem=0.05,0.3 sink_warmup_steps=0,50 centered_masks=true,False hash_scheme=x")
+    assert grid == {"p_mem": [0.05, 0.3], "sink_warmup_steps": [0, 50], "centered_masks": [True, False],
+                    "hash_scheme": ["x"]}
+    assert all(isinstance(v, bool) for v in grid["centered_masks"])
+    assert all(type(v) is int for v in grid["sink_warmup_steps"])
+    assert len(grids.combos(grid)) == 8
+
+
+def test_a_grid_item_without_values_is_named():
+    with pytest.raises(ValueError, match="'p_mem' is not key=v1,v2"):
+        grids.parse_grid("p_mem")
+
+
+def test_the_benchmark_takes_one_value_per_sinks_field(capsys):
+    args = memorization.parse_args(["--out", "x", "--s1-sinks", "sink_warmup_steps=100 centered_masks=true"])
+    assert args.s1_sinks == {"sink_warmup_steps": 100, "centered_masks": True}
+    with pytest.raises(SystemExit):
+        memorization.parse_args(["--out", "x", "--s1-sinks", "p_mem=0.05,0.1"])
+    assert "one value per field" in capsys.readouterr().err
