@@ -1,7 +1,9 @@
 """Step time of the arms with a step-time target against standard fine-tuning, measured in one run.
 
 Training steps (forward, backward, AdamW) of the arms alternate on the same batch, rotating the
-order, so load on the machine hits every arm alike; the median step times give the ratios.
+order, so load on the machine hits every arm alike; the median step times give the ratios. The
+sinks' warm-up (``SinksConfig.sink_warmup_steps``, a few of a run's steps) is marked done first,
+so the steps timed are the ones the rest of a run takes.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import time
 
 import torch
 
+import memsinks
+from memsinks.warmup import PROGRESS_BUFFER
+
 from .train import _apply
 
-TIMED_ARMS = ("standard", "sinks", "sinks_private")
+TIMED_ARMS = ("standard", "sinks", "sinks_private", "sinks_private_marginal")
 
 
 def _batch(data, tokenizer, n: int):
@@ -31,6 +36,16 @@ def _batch(data, tokenizer, n: int):
     return x, labels, ids, private
 
 
+def _finish_warmup(model) -> None:
+    """Mark the sinks' warm-up as done (its progress buffer at the configured count), as after a run's first steps."""
+    if not memsinks.has_sinks(model):
+        return
+    steps = memsinks.get_sinks_config(model).sink_warmup_steps
+    for name, buffer in model.named_buffers():
+        if name.endswith(PROGRESS_BUFFER):
+            buffer.fill_(steps)
+
+
 def step_time_ratios(arms, base, data, tokenizer, settings, steps: int) -> dict[str, float]:
     """Median step time of each timed arm over ``standard``'s (arms absent from ``arms`` are skipped)."""
     chosen = [a for a in arms if a.name in TIMED_ARMS]
@@ -40,6 +55,7 @@ def step_time_ratios(arms, base, data, tokenizer, settings, steps: int) -> dict[
     runs = {}
     for arm in chosen:
         model = _apply(arm, base, settings).train()
+        _finish_warmup(model)
         kwargs = {"input_ids": x, "labels": labels}
         if arm.has_sinks:
             kwargs["sequence_ids"] = ids

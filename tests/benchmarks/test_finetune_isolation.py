@@ -85,3 +85,21 @@ def test_quick_run_writes_every_arm_and_mode(tmp_path):
         assert timed == {k: v for k, v in row.items() if not k.startswith("step_time_ratio")}, name
     timing = json.loads((partial / "timing.json").read_text())
     assert again["per_seed"]["0"]["sinks/drop"]["step_time_ratio"] == timing["step_time_ratios"]["sinks"] > 0
+
+
+def test_the_timed_steps_are_past_the_warm_up_so_the_shared_units_learn_in_them():
+    import torch
+
+    import memsinks
+    from finetune_lib.timing import _finish_warmup
+    from memsinks._small_decoder import DecoderShape, build_decoder
+
+    shape = DecoderShape(family="llama", n_layer=2, n_embd=32, n_head=2, intermediate=64, n_kv_heads=1)
+    model = memsinks.add_sinks(build_decoder(shape, 128, seed=0, token_id=0),
+                               memsinks.SinksConfig(placement="append", n_sink_units=16)).train()
+    assert memsinks.get_sinks_config(model).sink_warmup_steps > 0
+    _finish_warmup(model)
+    x = torch.randint(1, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    model(x, labels=x, sequence_ids=torch.tensor([1, 2])).loss.backward()
+    shared = model.get_input_embeddings().weight.grad
+    assert shared is not None and shared.abs().sum() > 0  # in the warm-up it would be zero
