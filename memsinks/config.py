@@ -111,8 +111,10 @@ class SinksConfig(SavedConfig):
         "is never a target for the shipped model and becomes improbable to it. 'batch_marginal': the "
         "distribution of the micro-batch's private tokens, pooled over all its private positions and records, "
         "so the shipped model keeps predicting the kind of token (a digit) without which one or in what order. "
-        "A record's private tokens then reach the shared parameters as 1/(the batch's private token count) of "
-        "that shared target: use batches of several records.")})
+        "It leaks which tokens a record's private spans hold, though not their order: each record's tokens are "
+        "part of the target wherever the record is in the batch (measured on SmolLM2-135M: repeated records' "
+        "secrets 1.6 nats per token likelier than unseen ones', no extraction, exposure near chance; "
+        "docs/finetuning.md). Use it for numbers, where the bag of digits says little.")})
 
     def __post_init__(self) -> None:
         for name in ("p_gen", "p_mem"):
