@@ -47,7 +47,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         sinks=_sinks(), private_mask=True, tags=("headline",)),
     Arm("sinks_private_marginal", "append sinks, defaults, private_mask, and the shipped model trained toward the "
         "batch's pooled private tokens at private positions (private_token_target='batch_marginal')",
-        sinks=_sinks(private_token_target="batch_marginal"), private_mask=True, tags=("headline",)),
+        sinks=_sinks(private_token_target="batch_marginal"), private_mask=True, tags=("lever",)),
     Arm("sinks_private_x1", "append sinks with private_mask, sink learning rate 1x, no warm-up",
         sinks=_sinks(sink_lr_scale=1.0, sink_warmup_steps=0), private_mask=True, tags=("lever",)),
     Arm("sinks_legacy", "append sinks as before the levers: zero down columns, 0/1 masks, 1x, no warm-up",
