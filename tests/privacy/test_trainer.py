@@ -51,7 +51,8 @@ def test_stock_trainer_with_dp_trains_and_loss_falls(tmp_path, name):
     model.eval()  # generate() still works on the trained model (the probes use it)
     prompt = torch.tensor([[5, 8, 11, 14]])
     kwargs = {"sequence_ids": torch.tensor([7])} if memsinks.has_sinks(model) else {}
-    out = model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0, **kwargs)
+    # DP noise is drawn from os.urandom, so the model may emit EOS early: ask for exactly 4 new tokens
+    out = model.generate(prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0, **kwargs)
     assert out.shape == (1, 8)
 
 
