@@ -5,7 +5,9 @@ For each family (tiny GPT-2, tiny Llama) and placement:
 - append: the model with ``n`` appended sink units vs a stock model whose MLP is already
   ``n`` units wider (the wider MLP's own cost is not the routing's).
 Steps (forward, backward, AdamW step) of the two arms alternate on the same batch, so load
-on the machine hits both alike; the median step times give the ratio. Memory is the bytes
+on the machine hits both alike; the median step times give the ratio. The first steps are not
+timed: three to settle, then the sinks' warm-up (``SinksConfig.sink_warmup_steps``), whose
+gradient hooks a run pays for only in its first steps. Memory is the bytes
 autograd saves for backward (activation memory; on a GPU also the peak allocated).
 
     python benchmarks/sinks_overhead.py [--steps 30] [--batch 16] [--seq 128]
@@ -51,7 +53,8 @@ def compare(reference, candidate, batch, steps: int, device) -> dict:
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in arms.items()}
     inputs = {"reference": {k: v for k, v in batch.items() if k != "sequence_ids"}, "sinks": batch}
     times = {k: [] for k in arms}
-    for step in range(steps + 3):
+    untimed = 3 + memsinks.get_sinks_config(candidate).sink_warmup_steps
+    for step in range(steps + untimed):
         for name in (("reference", "sinks") if step % 2 == 0 else ("sinks", "reference")):
             model, opt = arms[name], opts[name]
             if device.type == "cuda":
@@ -62,7 +65,7 @@ def compare(reference, candidate, batch, steps: int, device) -> dict:
             opt.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            if step >= 3:  # warm-up steps are not timed
+            if step >= untimed:
                 times[name].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {"reference_ms": 1000 * med["reference"], "sinks_ms": 1000 * med["sinks"],

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from memsinks.joint_linear import joint_linear
 from memsinks.projection import has_bias, in_out, linear_weight, new_projection, project
 from memsinks.routing import SinkRouter
 
@@ -123,14 +124,17 @@ class SinkUpProjection(_StockLayout):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in) -> (..., out + pool)."""
-        base_out = project(self.base, x)
         w, b = self.effective(self.sink_weight), self.effective(self.sink_bias)
         if not self.paired:
-            return torch.cat([base_out, F.linear(x, w, b)], dim=-1)
-        half = self.pool // 2
-        halves = [F.linear(x, w[i * half:(i + 1) * half], None if b is None else b[i * half:(i + 1) * half])
-                  for i in (0, 1)]
-        return torch.cat([base_out] + halves, dim=-1)
+            pool_parts = [(w, b)]
+        else:
+            half = self.pool // 2
+            pool_parts = [(w[i * half:(i + 1) * half], None if b is None else b[i * half:(i + 1) * half])
+                          for i in (0, 1)]
+        if type(self.base) is nn.Linear or isinstance(self.base, Conv1D):
+            return joint_linear(x, [(linear_weight(self.base), self.base.bias)] + pool_parts)
+        # a base with its own forward (a peft adapter, a quantized layer): its output, then the pool's
+        return torch.cat([project(self.base, x)] + [F.linear(x, pw, pb) for pw, pb in pool_parts], dim=-1)
 
     def _merge(self, state: dict, prefix: str) -> None:
         conv = isinstance(self.base, Conv1D)
@@ -327,11 +331,13 @@ class AppendSinkDownProjection(SinkDownProjection):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: (B, T, units + pool) hidden activations -> (B, T, hidden)."""
         mask = self._mask(h)
-        n_base = h.shape[-1] - self.pool
-        out = project(self.base, h[..., :n_base])
+        # one split, not two slices: its backward writes the input's gradient once, where each
+        # slice's would zero-fill a full-width gradient and the two would then be added
+        base_h, pool_h = torch.split(h, [h.shape[-1] - self.pool, self.pool], dim=-1)
+        out = project(self.base, base_h)
         if mask is None:
             return out
-        pool = h[..., n_base:] * mask
+        pool = pool_h * mask
         w = self.effective_weight()
         if not self.paired:
             return out + F.linear(pool, w)
