@@ -27,6 +27,7 @@ from memsinks.private_tokens import forward_with_private_tokens, normalize_priva
 from memsinks.projection import linear_weight
 from memsinks.routing import SinkRouter
 from memsinks.sink_slices import sink_slices
+from memsinks.sequence_warmup import SequenceWarmup
 from memsinks.warmup import SinkWarmup
 
 logger = logging.getLogger("memsinks")
@@ -39,11 +40,12 @@ class ForwardWithSequenceIds:
     """
 
     def __init__(self, model: nn.Module, router: SinkRouter, reference: SinkDownProjection,
-                 warmup: SinkWarmup | None = None):
+                 warmup: SinkWarmup | None = None, sequence_warmup: SequenceWarmup | None = None):
         self.model = model
         self.router = router
         self.reference = reference
         self.warmup = warmup
+        self.sequence_warmup = sequence_warmup
         self.checked_trainable = False
         self.class_forward = type(model).forward
         sig = inspect.signature(self.class_forward)
@@ -94,6 +96,20 @@ class ForwardWithSequenceIds:
                 lambda **kw: self.class_forward(model, *args, **kw), kwargs, private_mask, sink_slices(model), model,
                 lambda: router.begin(ids, "drop", (), weight.dtype, weight.device),
                 marginal_target=router.config.private_token_target == "batch_marginal")
+        if training and self.sequence_warmup is not None and mode == "own":
+            warming = self.sequence_warmup.on_training_forward(ids)
+            if warming is not None:
+                if kwargs.get("labels") is None:
+                    raise ValueError(
+                        "SinksConfig.sequence_warmup trains the sinks alone on the sequences it has not seen often "
+                        "enough, so the model must compute the loss itself, but the forward got no labels (Trainer "
+                        "label smoothing and compute_loss_func pop them). Keep the labels in the batch, or set "
+                        "sequence_warmup=0.")
+                # the warming sequences' tokens train only the sinks; the rest trains the model with its sinks on
+                return forward_with_private_tokens(
+                    lambda **kw: self.class_forward(model, *args, **kw), kwargs,
+                    warming.expand(kwargs["labels"].shape), sink_slices(model), model,
+                    lambda: router.begin(ids, mode, exclude, weight.dtype, weight.device))
         return self.class_forward(model, *args, **kwargs)
 
 

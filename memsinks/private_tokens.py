@@ -166,7 +166,7 @@ def forward_with_private_tokens(
     private_mask: torch.Tensor,
     slices: Sequence[SinkSlice],
     model: nn.Module,
-    drop_sinks: Callable[[], None],
+    route_public: Callable[[], None],
     marginal_target: bool = False,
 ):
     """The training forward with marked private tokens (see the module docstring).
@@ -177,8 +177,9 @@ def forward_with_private_tokens(
         private_mask: (B, T) 0/1, aligned with ``labels``.
         slices: the sinks' tensors (or slices of tensors, split placement) the private tokens may train.
         model: the module whose gradient checkpointing is made non-reentrant for the private pass.
-        drop_sinks: switches the sinks off for the forwards that follow (the public pass, and its
-            recomputation under gradient checkpointing); the caller routes the next forward anew.
+        route_public: routes the forwards that follow (the public pass, and its recomputation under
+            gradient checkpointing): for marked spans, the sinks dropped; for the sequence warm-up
+            (``memsinks.sequence_warmup``), each sequence's own sinks again.
         marginal_target: train the public pass toward the batch's pooled private tokens at the
             private positions (``batch_marginal_loss``), weighted as one more labelled token each.
     """
@@ -214,7 +215,7 @@ def forward_with_private_tokens(
     private_value = loss_private.detach()
     del out_private, loss_private
 
-    drop_sinks()
+    route_public()
     out = run_forward(**{**kwargs, "labels": public})
     if n_public:
         loss_public = weighted(out.loss, n_public)
