@@ -111,7 +111,9 @@ class SinksConfig(SavedConfig):
         "Training forwards per sequence ID in which only the sinks learn from that sequence: the sinks' head "
         "start of sink_warmup_steps, given to every sequence when it is first seen rather than to what the "
         "first steps happen to show. A step that holds a sequence still warming up runs the model twice "
-        "(memsinks.sequence_warmup). Needs labels in the forward; not with DP-SGD. Unset: 0.")})
+        "(memsinks.sequence_warmup). A sequence seen no more than this many times in the whole run never "
+        "trains the shared units (with one epoch over distinct sequences, nothing does). Skipped for batches "
+        "with a private_mask; needs labels in the forward; not with DP-SGD. Unset: 0.")})
     private_token_target: str = field(default="none", metadata={"help": (
         "With a private_mask in the batch: what the shipped model (sinks dropped) is trained to predict where "
         "the next token is private. 'none' (the default): nothing; no private token's value reaches a shared "

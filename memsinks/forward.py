@@ -8,7 +8,9 @@ generation step.
 
 In training (training mode, gradients on) the forward also counts the sinks' warm-up
 (``memsinks.warmup``) and, when the batch marks private tokens, trains on them through the
-sinks only (``memsinks.private_tokens``). Outside training ``private_mask`` is checked and
+sinks only (``memsinks.private_tokens``); otherwise it gives sequences still in their own
+warm-up (``memsinks.sequence_warmup``) to the sinks alone. A batch with marked tokens skips
+both warm-ups: they reach only the sinks anyway. Outside training ``private_mask`` is checked and
 otherwise ignored: evaluation scores every token.
 """
 
@@ -97,14 +99,14 @@ class ForwardWithSequenceIds:
                 lambda: router.begin(ids, "drop", (), weight.dtype, weight.device),
                 marginal_target=router.config.private_token_target == "batch_marginal")
         if training and self.sequence_warmup is not None and mode == "own":
+            if kwargs.get("labels") is None:
+                raise ValueError(
+                    "SinksConfig.sequence_warmup trains the sinks alone on the sequences it has not seen often "
+                    "enough, so the model must compute the loss itself, but the forward got no labels (Trainer "
+                    "label smoothing and compute_loss_func pop them). Keep the labels in the batch, or set "
+                    "sequence_warmup=0.")
             warming = self.sequence_warmup.on_training_forward(ids)
             if warming is not None:
-                if kwargs.get("labels") is None:
-                    raise ValueError(
-                        "SinksConfig.sequence_warmup trains the sinks alone on the sequences it has not seen often "
-                        "enough, so the model must compute the loss itself, but the forward got no labels (Trainer "
-                        "label smoothing and compute_loss_func pop them). Keep the labels in the batch, or set "
-                        "sequence_warmup=0.")
                 # the warming sequences' tokens train only the sinks; the rest trains the model with its sinks on
                 return forward_with_private_tokens(
                     lambda **kw: self.class_forward(model, *args, **kw), kwargs,

@@ -25,22 +25,26 @@ class _JointLinear(torch.autograd.Function):
     """x2d (N, in), then per part a weight (out_i, in) and a bias (out_i,) or None -> (N, sum out_i)."""
 
     @staticmethod
-    def forward(ctx, x2d: torch.Tensor, *flat: torch.Tensor | None) -> torch.Tensor:
+    def forward(x2d: torch.Tensor, *flat: torch.Tensor | None) -> torch.Tensor:
         weights, biases = flat[0::2], flat[1::2]
-        widths = [w.shape[0] for w in weights]
-        out = torch.empty(x2d.shape[0], sum(widths), dtype=x2d.dtype, device=x2d.device)
+        out = torch.empty(x2d.shape[0], sum(w.shape[0] for w in weights), dtype=x2d.dtype, device=x2d.device)
         start = 0
-        for w, b, n in zip(weights, biases, widths):
-            cols = out[:, start:start + n]
+        for w, b in zip(weights, biases):
+            cols = out[:, start:start + w.shape[0]]
             if b is None:
                 torch.mm(x2d, w.t(), out=cols)
             else:
                 torch.addmm(b, x2d, w.t(), out=cols)
-            start += n
-        ctx.widths = widths
-        ctx.has_bias = [b is not None for b in biases]
-        ctx.save_for_backward(x2d, *weights)
+            start += w.shape[0]
         return out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x2d, *flat = inputs
+        weights = flat[0::2]
+        ctx.widths = [w.shape[0] for w in weights]
+        ctx.has_bias = [b is not None for b in flat[1::2]]
+        ctx.save_for_backward(x2d, *weights)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

@@ -131,9 +131,10 @@ class SinkUpProjection(_StockLayout):
             half = self.pool // 2
             pool_parts = [(w[i * half:(i + 1) * half], None if b is None else b[i * half:(i + 1) * half])
                           for i in (0, 1)]
-        if type(self.base) is nn.Linear or isinstance(self.base, Conv1D):
+        if x.device.type == "cpu" and (type(self.base) is nn.Linear or isinstance(self.base, Conv1D)):
             return joint_linear(x, [(linear_weight(self.base), self.base.bias)] + pool_parts)
-        # a base with its own forward (a peft adapter, a quantized layer): its output, then the pool's
+        # a base with its own forward (a peft adapter, a quantized layer), or an accelerator, where writing into
+        # a column slice may take another kernel than the stock layer's (bit-exactness is verified on CPU only)
         return torch.cat([project(self.base, x)] + [F.linear(x, pw, pb) for pw, pb in pool_parts], dim=-1)
 
     def _merge(self, state: dict, prefix: str) -> None:

@@ -190,10 +190,14 @@ def forward_with_private_tokens(
             "to the sinks, so it must compute the loss itself. Do not pop the labels (Trainer label smoothing and "
             "compute_loss_func do) when training with private_mask.")
     if "shift_labels" in kwargs:
-        raise ValueError("private_mask with shift_labels is not supported; give labels aligned with input_ids instead.")
+        raise ValueError("Routing tokens to the sinks (a private_mask, or SinksConfig.sequence_warmup) does not support "
+                         "shift_labels; give labels aligned with input_ids instead.")
     if tuple(private_mask.shape) != tuple(labels.shape):
         raise ValueError(f"private_mask has shape {tuple(private_mask.shape)} but labels {tuple(labels.shape)}; "
                          "give one 0/1 per token.")
+    if kwargs.get("return_dict") is False:  # both passes need the output's fields; the caller gets its tuple back
+        return forward_with_private_tokens(run_forward, {**kwargs, "return_dict": True}, private_mask, slices, model,
+                                           route_public, marginal_target).to_tuple()
     public, private = split_labels(labels, private_mask)
     n_private = _count(private)
     slices = [s for s in slices if s.param.requires_grad]

@@ -81,15 +81,15 @@ def test_the_counts_are_saved_so_a_resumed_run_does_not_warm_up_again(tmp_path):
 
 
 def test_the_sketch_counts_each_id_and_never_under_counts():
-    holder = torch.nn.Module()
-    warm = SequenceWarmup(holder, sightings=2)
+    warm = SequenceWarmup(torch.nn.Linear(2, 2), sightings=2)
     ids = torch.randint(0, 2**62, (2000,), generator=torch.Generator().manual_seed(0))
     assert warm.on_training_forward(ids).all()  # all new
     assert warm.on_training_forward(ids[:1000]).all()  # seen once < 2
     out = warm.on_training_forward(ids)
     assert not out[:1000].any() and out[1000:].all()
-    per_token = warm.on_training_forward(torch.stack([ids[:4], torch.arange(1, 5)]))  # (B, T) IDs: per token
-    assert per_token.shape == (2, 4) and not per_token[0].any() and per_token[1].all()
+    per_token = warm.on_training_forward(torch.stack([ids[:4], torch.arange(0, 4)]))  # (B, T) IDs: per token
+    assert per_token.shape == (2, 4) and not per_token[0].any()
+    assert per_token[1].tolist() == [False, True, True, True]  # ID 0 has no sinks: never warmed up
 
 
 def test_eval_forwards_do_not_count_and_a_trainer_run_trains(tmp_path):
@@ -122,3 +122,69 @@ def test_without_labels_it_says_what_to_do():
 def test_bad_values_are_refused(value):
     with pytest.raises(ValueError, match="sequence_warmup"):
         memsinks.SinksConfig(placement="append", n_sink_units=16, sequence_warmup=value)
+
+
+def test_return_dict_false_gets_its_tuple_back():
+    model = _model(1)
+    x = token_batch(shape=(2, 12), seed=3)
+    out = model(x, labels=x, sequence_ids=torch.tensor([21, 22]), return_dict=False)
+    assert isinstance(out, tuple) and out[0].dim() == 0
+    out[0].backward()
+    assert _sink_grad_norm(model) > 0
+
+
+_DDP_WORKER = r"""
+import json, os, sys, torch, torch.distributed as dist
+sys.path.insert(0, os.getcwd())
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+from torch.nn.parallel import DistributedDataParallel
+import memsinks
+from tests.conftest import tiny_model, token_batch
+
+rank = dist.get_rank()
+config = memsinks.SinksConfig(placement="append", n_sink_units=16, sink_warmup_steps=0, sequence_warmup=1)
+model = memsinks.add_sinks(tiny_model("llama"), config).train()
+inner = model
+warm = inner.forward.sequence_warmup
+seen = []
+count = warm.on_training_forward
+warm.on_training_forward = lambda ids: seen.append(None if (w := count(ids)) is None else w.flatten().tolist()) or w
+ddp = DistributedDataParallel(model)  # broadcasts rank 0's buffers before every forward
+x = token_batch(shape=(1, 12), seed=rank)
+for ids in ([100 + rank], [100 + rank], [101 - rank]):  # new, seen here, seen by the other process only
+    ddp(x, labels=x, sequence_ids=torch.tensor(ids)).loss.backward()
+with open(sys.argv[1] + f".{rank}", "w") as f:
+    json.dump(seen, f)
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_under_ddp_every_process_counts_every_processs_sequences(tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+           "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "seen")], cwd=str(REPO),
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    for r in range(2):
+        # first sight warms up; the second sight (here) and the first sight on this process of a sequence the
+        # other process saw do not, though DDP overwrote this process's buffers with rank 0's before each forward
+        assert json.loads((tmp_path / f"seen.{r}").read_text()) == [[True], None, None]
