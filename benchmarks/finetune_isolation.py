@@ -59,6 +59,10 @@ def parse_args(argv=None):
     p.add_argument("--first-seed", type=int, default=0,
                    help="the first seed (default 0): --first-seed 1 --seeds 2 runs seeds 1 and 2, whose partial files "
                         "--report-from can combine with an earlier run's seed 0")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the arms already measured in --out (an interrupted run's partial-seed<N>.json, else "
+                        "a finished run's results.json; training here is deterministic, so rows of the same code "
+                        "match) and train only the others")
     p.add_argument("--no-timing", action="store_true",
                    help="skip the step-time measurement (a --timing-only run or another seed measures it)")
     p.add_argument("--arms", help=f"comma-separated arms (default all): {', '.join(arm_registry.ARMS)}")
@@ -99,15 +103,22 @@ def parse_args(argv=None):
 
 
 def run_seed(arms, base, tokenizer, settings, general_text: str, seed: int, timing_steps: int,
-             out_dir: str) -> dict:
+             out_dir: str, resume: bool = False) -> dict:
     """Every arm's metrics for one seed: {row name: metrics}, plus the private-mask coverage.
 
     Each arm's rows are also written to ``out_dir/partial-seed<seed>.json`` as soon as they are
-    measured, so an interrupted run keeps what it finished.
+    measured, so an interrupted run keeps what it finished; with ``resume`` the arms whose rows
+    that file already holds are kept, not trained again.
     """
     data = datasets_.build(tokenizer, settings, general_text, seed)
     rows, coverage = {}, None
+    path = ""
+    if resume:
+        rows, coverage, path = _measured_rows(out_dir, seed)
     for arm in arms:
+        if all(report.row_name(arm.name, mode) in rows for mode in (MODES_WITH_SINKS if arm.has_sinks else (None,))):
+            print(f"seed {seed} {arm.name}: kept from {path}", flush=True)
+            continue
         start = time.perf_counter()
         model, stats = train_arm(arm, base, data, tokenizer, settings, seed)
         coverage = stats.pop("private_mask", coverage)
@@ -129,6 +140,24 @@ def apply_step_times(rows: dict, ratios: dict) -> None:
         for row_name, row in rows.items():
             if row_name == name or row_name.startswith(name + "/"):
                 row["step_time_ratio"] = ratio
+
+
+def _measured_rows(out_dir: str, seed: int) -> tuple[dict, dict | None, str]:
+    """(rows, coverage, file) of ``seed`` already measured in ``out_dir``: an interrupted run's partial file, else a
+    finished run's ``results.json``; empty when neither holds the seed."""
+    partial = os.path.join(out_dir, f"partial-seed{seed}.json")
+    if os.path.isfile(partial):
+        with open(partial, encoding="utf-8") as f:
+            kept = json.load(f)
+        return kept["rows"], kept.get("private_mask_coverage"), partial
+    results = os.path.join(out_dir, "results.json")
+    if os.path.isfile(results):
+        with open(results, encoding="utf-8") as f:
+            kept = json.load(f)
+        rows = kept.get("per_seed", {}).get(str(seed))
+        if rows is not None:
+            return rows, kept.get("private_mask_coverage"), results
+    return {}, None, ""
 
 
 def _write_partial(out_dir: str, seed: int, rows: dict, coverage: dict | None) -> None:
@@ -193,7 +222,7 @@ def main(argv=None) -> int:
     per_seed, coverage = {}, None
     for seed in seeds:
         arms = args.arm_list if seed == seeds[0] else args.later_arm_list
-        out = run_seed(arms, base, tokenizer, settings, general_text, seed, timing_steps, args.out)
+        out = run_seed(arms, base, tokenizer, settings, general_text, seed, timing_steps, args.out, args.resume)
         per_seed[seed] = out["rows"]
         coverage = coverage or out["private_mask_coverage"]
     return write_report(args, per_seed, coverage, settings, description, general_source, threads, started,

@@ -103,3 +103,19 @@ def test_the_timed_steps_are_past_the_warm_up_so_the_shared_units_learn_in_them(
     model(x, labels=x, sequence_ids=torch.tensor([1, 2])).loss.backward()
     shared = model.get_input_embeddings().weight.grad
     assert shared is not None and shared.abs().sum() > 0  # in the warm-up it would be zero
+
+
+def test_resume_keeps_measured_arms_and_trains_only_the_new_ones(tmp_path):
+    out = tmp_path / "out"
+    run = [sys.executable, str(REPO / "benchmarks" / "finetune_isolation.py"), "--quick", "--threads", "1",
+           "--no-timing", "--out", str(out)]
+    subprocess.run(run + ["--arms", "standard"], check=True, cwd=REPO, capture_output=True, timeout=600)
+    finished = json.loads((out / "results.json").read_text())
+    finished["per_seed"]["0"]["standard"]["train_seconds"] = -1.0  # a kept row is taken as it is, not measured again
+    (out / "results.json").write_text(json.dumps(finished))
+    log = subprocess.run(run + ["--arms", "sinks_seqwarm1_only", "--resume"], check=True, cwd=REPO,
+                         capture_output=True, text=True, timeout=600).stdout
+    assert "seed 0 standard: kept from" in log and "seed 0 sinks_seqwarm1_only: trained" in log
+    rows = json.loads((out / "results.json").read_text())["per_seed"]["0"]
+    assert rows["standard"]["train_seconds"] == -1.0
+    assert "sinks_seqwarm1_only/drop" in rows
