@@ -26,14 +26,11 @@ PRIVATE_TOKEN_TARGETS = ("none", "batch_marginal")
 #: What a placement does when a training-dynamics field is left unset (None): the settings measured best
 #: (benchmarks/finetune_isolation.py for append; the paper's setup for split).
 PLACEMENT_DEFAULTS = {
-    "append": {"sink_lr_scale": 32.0, "sink_init": "mirror", "centered_masks": True, "sink_warmup_steps": 8,
-               "sequence_warmup": 0},
-    "split": {"sink_lr_scale": 1.0, "sink_init": None, "centered_masks": False, "sink_warmup_steps": 0,
-              "sequence_warmup": 0},
+    "append": {"sink_lr_scale": 32.0, "sink_init": "mirror", "centered_masks": True, "sink_warmup_steps": 8},
+    "split": {"sink_lr_scale": 1.0, "sink_init": None, "centered_masks": False, "sink_warmup_steps": 0},
 }
 #: What a sinks_config.json written before these fields existed meant (the behaviour of that version).
-LEGACY_VALUES = {"sink_lr_scale": 1.0, "sink_init": "zero", "centered_masks": False, "sink_warmup_steps": 0,
-                 "sequence_warmup": 0}
+LEGACY_VALUES = {"sink_lr_scale": 1.0, "sink_init": "zero", "centered_masks": False, "sink_warmup_steps": 0}
 # the fields that decide which units are sinks and which IDs switch them on (checked against the weights at load)
 ROUTING_FIELDS = ("placement", "p_gen", "p_mem", "n_sink_units", "layers", "routing_seed", "hash_scheme",
                   "base_intermediate_size", "sink_init", "sink_lr_scale", "centered_masks")
@@ -107,13 +104,6 @@ class SinksConfig(SavedConfig):
         "the shared units start learning. Counted in forward passes in training mode (optimizer steps times "
         "gradient accumulation steps), saved with the model so that a resumed run does not repeat it. "
         "Unset: 8 for 'append', 0 for 'split'.")})
-    sequence_warmup: int | None = field(default=None, metadata={"help": (
-        "Training forwards per sequence ID in which only the sinks learn from that sequence: the sinks' head "
-        "start of sink_warmup_steps, given to every sequence when it is first seen rather than to what the "
-        "first steps happen to show. A step that holds a sequence still warming up runs the model twice "
-        "(memsinks.sequence_warmup). A sequence seen no more than this many times in the whole run never "
-        "trains the shared units (with one epoch over distinct sequences, nothing does). Skipped for batches "
-        "with a private_mask; needs labels in the forward; not with DP-SGD. Unset: 0.")})
     private_token_target: str = field(default="none", metadata={"help": (
         "With a private_mask in the batch: what the shipped model (sinks dropped) is trained to predict where "
         "the next token is private. 'none' (the default): nothing; no private token's value reaches a shared "
@@ -211,9 +201,6 @@ class SinksConfig(SavedConfig):
         steps = self.sink_warmup_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"SinksConfig.sink_warmup_steps must be an int >= 0; got {steps!r}.")
-        sightings = self.sequence_warmup
-        if isinstance(sightings, bool) or not isinstance(sightings, int) or not 0 <= sightings <= 254:
-            raise ValueError(f"SinksConfig.sequence_warmup must be an int in [0, 254]; got {sightings!r}.")
         if self.private_token_target not in PRIVATE_TOKEN_TARGETS:
             raise ValueError(f"SinksConfig.private_token_target must be one of {PRIVATE_TOKEN_TARGETS}; got "
                              f"{self.private_token_target!r}.")

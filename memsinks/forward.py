@@ -8,9 +8,7 @@ generation step.
 
 In training (training mode, gradients on) the forward also counts the sinks' warm-up
 (``memsinks.warmup``) and, when the batch marks private tokens, trains on them through the
-sinks only (``memsinks.private_tokens``); otherwise it gives sequences still in their own
-warm-up (``memsinks.sequence_warmup``) to the sinks alone. A batch with marked tokens skips
-both warm-ups: they reach only the sinks anyway. Outside training ``private_mask`` is checked and
+sinks only (``memsinks.private_tokens``). Outside training ``private_mask`` is checked and
 otherwise ignored: evaluation scores every token.
 """
 
@@ -29,7 +27,6 @@ from memsinks.private_tokens import forward_with_private_tokens, normalize_priva
 from memsinks.projection import linear_weight
 from memsinks.routing import SinkRouter
 from memsinks.sink_slices import sink_slices
-from memsinks.sequence_warmup import SequenceWarmup
 from memsinks.warmup import SinkWarmup
 
 logger = logging.getLogger("memsinks")
@@ -42,12 +39,11 @@ class ForwardWithSequenceIds:
     """
 
     def __init__(self, model: nn.Module, router: SinkRouter, reference: SinkDownProjection,
-                 warmup: SinkWarmup | None = None, sequence_warmup: SequenceWarmup | None = None):
+                 warmup: SinkWarmup | None = None):
         self.model = model
         self.router = router
         self.reference = reference
         self.warmup = warmup
-        self.sequence_warmup = sequence_warmup
         self.checked_trainable = False
         self.class_forward = type(model).forward
         sig = inspect.signature(self.class_forward)
@@ -98,20 +94,6 @@ class ForwardWithSequenceIds:
                 lambda **kw: self.class_forward(model, *args, **kw), kwargs, private_mask, sink_slices(model), model,
                 lambda: router.begin(ids, "drop", (), weight.dtype, weight.device),
                 marginal_target=router.config.private_token_target == "batch_marginal")
-        if training and self.sequence_warmup is not None and mode == "own":
-            if kwargs.get("labels") is None:
-                raise ValueError(
-                    "SinksConfig.sequence_warmup trains the sinks alone on the sequences it has not seen often "
-                    "enough, so the model must compute the loss itself, but the forward got no labels (Trainer "
-                    "label smoothing and compute_loss_func pop them). Keep the labels in the batch, or set "
-                    "sequence_warmup=0.")
-            warming = self.sequence_warmup.on_training_forward(ids)
-            if warming is not None:
-                # the warming sequences' tokens train only the sinks; the rest trains the model with its sinks on
-                return forward_with_private_tokens(
-                    lambda **kw: self.class_forward(model, *args, **kw), kwargs,
-                    warming.expand(kwargs["labels"].shape), sink_slices(model), model,
-                    lambda: router.begin(ids, mode, exclude, weight.dtype, weight.device))
         return self.class_forward(model, *args, **kwargs)
 
 

@@ -24,7 +24,6 @@ from memsinks.projection import linear_weight
 from memsinks.routing import LayerSpec, SinkRouter
 from memsinks.save_and_load import install_save_hooks
 from memsinks.unwrap import unwrap_model
-from memsinks.sequence_warmup import SequenceWarmup
 from memsinks.warmup import SinkWarmup
 
 _ROUTER_ATTR = "_memsinks_router"
@@ -120,8 +119,7 @@ def add_sinks(model: nn.Module, config: SinksConfig | None = None) -> nn.Module:
         set_width(hf_config, layout, base_width + config.n_sink_units)
     inner.__dict__[_ROUTER_ATTR] = router
     warmup = SinkWarmup(inner, wrappers[0], config.sink_warmup_steps) if config.sink_warmup_steps else None
-    sequence_warmup = SequenceWarmup(wrappers[0], config.sequence_warmup) if config.sequence_warmup else None
-    inner.forward = ForwardWithSequenceIds(inner, router, wrappers[0], warmup, sequence_warmup)
+    inner.forward = ForwardWithSequenceIds(inner, router, wrappers[0], warmup)
     install_save_hooks(model, inner, router)
     return model
 

@@ -166,7 +166,7 @@ def forward_with_private_tokens(
     private_mask: torch.Tensor,
     slices: Sequence[SinkSlice],
     model: nn.Module,
-    route_public: Callable[[], None],
+    drop_sinks: Callable[[], None],
     marginal_target: bool = False,
 ):
     """The training forward with marked private tokens (see the module docstring).
@@ -177,9 +177,8 @@ def forward_with_private_tokens(
         private_mask: (B, T) 0/1, aligned with ``labels``.
         slices: the sinks' tensors (or slices of tensors, split placement) the private tokens may train.
         model: the module whose gradient checkpointing is made non-reentrant for the private pass.
-        route_public: routes the forwards that follow (the public pass, and its recomputation under
-            gradient checkpointing): for marked spans, the sinks dropped; for the sequence warm-up
-            (``memsinks.sequence_warmup``), each sequence's own sinks again.
+        drop_sinks: switches the sinks off for the forwards that follow (the public pass, and its
+            recomputation under gradient checkpointing); the caller routes the next forward anew.
         marginal_target: train the public pass toward the batch's pooled private tokens at the
             private positions (``batch_marginal_loss``), weighted as one more labelled token each.
     """
@@ -190,14 +189,13 @@ def forward_with_private_tokens(
             "to the sinks, so it must compute the loss itself. Do not pop the labels (Trainer label smoothing and "
             "compute_loss_func do) when training with private_mask.")
     if "shift_labels" in kwargs:
-        raise ValueError("Routing tokens to the sinks (a private_mask, or SinksConfig.sequence_warmup) does not support "
-                         "shift_labels; give labels aligned with input_ids instead.")
+        raise ValueError("private_mask with shift_labels is not supported; give labels aligned with input_ids instead.")
     if tuple(private_mask.shape) != tuple(labels.shape):
         raise ValueError(f"private_mask has shape {tuple(private_mask.shape)} but labels {tuple(labels.shape)}; "
                          "give one 0/1 per token.")
     if kwargs.get("return_dict") is False:  # both passes need the output's fields; the caller gets its tuple back
         return forward_with_private_tokens(run_forward, {**kwargs, "return_dict": True}, private_mask, slices, model,
-                                           route_public, marginal_target).to_tuple()
+                                           drop_sinks, marginal_target).to_tuple()
     public, private = split_labels(labels, private_mask)
     n_private = _count(private)
     slices = [s for s in slices if s.param.requires_grad]
@@ -219,7 +217,7 @@ def forward_with_private_tokens(
     private_value = loss_private.detach()
     del out_private, loss_private
 
-    route_public()
+    drop_sinks()
     out = run_forward(**{**kwargs, "labels": public})
     if n_public:
         loss_public = weighted(out.loss, n_public)

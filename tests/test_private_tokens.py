@@ -146,6 +146,19 @@ def test_a_mask_without_labels_says_the_model_must_compute_the_loss():
         model(x, sequence_ids=ids, private_mask=private)
 
 
+def test_return_dict_false_gets_the_same_loss_and_gradients_as_a_tuple():
+    model = _model("llama", "append")
+    x, ids, private = _batch()
+    out = model(x, labels=x, sequence_ids=ids, private_mask=private)
+    out.loss.backward()
+    expected = _grads(model)
+    as_tuple = model(x, labels=x, sequence_ids=ids, private_mask=private, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], out.loss)
+    as_tuple[0].backward()
+    for name, grad in _grads(model).items():
+        assert torch.equal(grad, expected[name]), name
+
+
 def test_the_column_survives_the_stock_trainer_and_its_private_tokens_reach_only_the_sinks(tmp_path):
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments

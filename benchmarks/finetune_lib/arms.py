@@ -65,12 +65,6 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("sinks_x16", "defaults with a 16x sink learning rate", sinks=_sinks(sink_lr_scale=16.0), tags=("lever",)),
     Arm("sinks_pool1024", "defaults with 1024 sink units per MLP", sinks=_sinks(n_sink_units=1024), tags=("lever",)),
     Arm("sinks_pmem01", "defaults with p_mem 0.1", sinks=_sinks(p_mem=0.1), tags=("lever",)),
-    Arm("sinks_seqwarm1", "defaults + sequence_warmup 1: each record's first training forward trains only the sinks",
-        sinks=_sinks(sequence_warmup=1), tags=("lever",)),
-    Arm("sinks_seqwarm1_only", "sequence_warmup 1 in place of the run-wide warm-up (sink_warmup_steps 0)",
-        sinks=_sinks(sequence_warmup=1, sink_warmup_steps=0), tags=("lever",)),
-    Arm("sinks_seqwarm2_only", "sequence_warmup 2 in place of the run-wide warm-up (sink_warmup_steps 0)",
-        sinks=_sinks(sequence_warmup=2, sink_warmup_steps=0), tags=("lever",)),
     Arm("lora_sinks", "LoRA rank 8 on attention as the only shared trainable path, full-width sinks (defaults)",
         lora=True, sinks=_sinks(), tags=("lever",)),
 ]}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from memsinks.data import SEQUENCE_IDS
-from memsinks.model import get_sinks_config, has_sinks, sinks_mode, unwrap_model
+from memsinks.model import has_sinks, sinks_mode, unwrap_model
 from memsinks.privacy.grad_sample import PerUnitClipper
 from memsinks.privacy.loss import causal_lm_row_losses
 
@@ -38,12 +38,6 @@ def check_model(model: nn.Module) -> None:
             )
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("The model has no trainable parameters; nothing to train privately.")
-    if has_sinks(model) and get_sinks_config(model).sequence_warmup:
-        raise ValueError(
-            f"SinksConfig.sequence_warmup={get_sinks_config(model).sequence_warmup}: the sequence warm-up trains the "
-            "sinks on some sequences in a second backward pass that per-example clipping does not see, so DP-SGD's "
-            "guarantee would not cover it. Attach the sinks with sequence_warmup=0 to train with make_private "
-            "(the run-wide sink_warmup_steps works under DP-SGD).")
 
 
 def check_trainer(trainer) -> None:

@@ -113,9 +113,9 @@ def test_resume_keeps_measured_arms_and_trains_only_the_new_ones(tmp_path):
     finished = json.loads((out / "results.json").read_text())
     finished["per_seed"]["0"]["standard"]["train_seconds"] = -1.0  # a kept row is taken as it is, not measured again
     (out / "results.json").write_text(json.dumps(finished))
-    log = subprocess.run(run + ["--arms", "sinks_seqwarm1_only", "--resume"], check=True, cwd=REPO,
+    log = subprocess.run(run + ["--arms", "sinks_x16", "--resume"], check=True, cwd=REPO,
                          capture_output=True, text=True, timeout=600).stdout
-    assert "seed 0 standard: kept from" in log and "seed 0 sinks_seqwarm1_only: trained" in log
+    assert "seed 0 standard: kept from" in log and "seed 0 sinks_x16: trained" in log
     rows = json.loads((out / "results.json").read_text())["per_seed"]["0"]
     assert rows["standard"]["train_seconds"] == -1.0
-    assert "sinks_seqwarm1_only/drop" in rows
+    assert "sinks_x16/drop" in rows

@@ -122,15 +122,6 @@ def test_a_private_mask_column_is_refused_naming_it(tmp_path):
         memsinks.make_private(stock_trainer(model, data, tmp_path), memsinks.PrivacyConfig(noise_multiplier=1.0))
 
 
-def test_a_sequence_warm_up_is_refused_naming_it(tmp_path):
-    """The sequence warm-up trains the sinks on new sequences in a second backward that clipping never sees."""
-    model = memsinks.add_sinks(tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16,
-                                                                         sequence_warmup=1))
-    with pytest.raises(ValueError, match=r"sequence_warmup=1.*sequence_warmup=0"):
-        memsinks.make_private(stock_trainer(model, pattern_dataset(64), tmp_path),
-                              memsinks.PrivacyConfig(noise_multiplier=1.0))
-
-
 def test_the_sinks_warm_up_holds_under_dp(tmp_path):
     """During the warm-up only the sinks move, though DP-SGD's gradients bypass autograd's parameter hooks."""
     model = memsinks.add_sinks(tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16,
