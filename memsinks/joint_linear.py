@@ -4,8 +4,9 @@ An appended pool widens an up projection: its output is [base units | pool units
 the parts apart and concatenating them copies the whole (B, T, out + pool) output once more
 in the forward, and slicing it apart again in the backward; on a small MLP that copy is a
 visible share of the step. ``joint_linear`` instead lets each part's matmul write straight
-into its columns of one preallocated output (BLAS takes the output's row stride), and its
-backward takes the input's and the weights' gradients of all parts in one matmul each.
+into its columns of one preallocated output (BLAS takes the output's row stride). Its backward
+takes the weights' gradients of all parts in one matmul, and the input's in two: the first
+part's (the base), then the other parts' rows stacked, so the base weight is never copied.
 
 Each part is computed by its own matmul, exactly as ``F.linear(x, w, b)`` computes it, so the
 base units' values are bit-identical to the unwrapped projection's and two parts with equal
@@ -50,9 +51,14 @@ class _JointLinear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x2d, *weights = ctx.saved_tensors
         grad = grad.contiguous()
-        # one matmul each for the input's and the weights' gradients over all parts: several thin
-        # matmuls (a sink half has few rows) run far below a wide one's speed
-        grad_x = torch.mm(grad, torch.cat(weights)) if ctx.needs_input_grad[0] else None
+        # the first part (the base) alone, the rest (thin sink parts, far below a wide matmul's speed
+        # apart) in one matmul over their stacked rows; the weights' gradients in one matmul
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            first = ctx.widths[0]
+            grad_x = torch.mm(grad[:, :first], weights[0])
+            if len(weights) > 1:
+                grad_x.addmm_(grad[:, first:], torch.cat(weights[1:]))
         wanted = [ctx.needs_input_grad[1 + 2 * i] for i in range(len(weights))]
         if all(wanted):
             grad_w = torch.mm(grad.t(), x2d).split(ctx.widths)
