@@ -117,13 +117,14 @@ def run_seed(arms, base, tokenizer, settings, general_text: str, seed: int, timi
     if resume:
         rows, coverage, path = _measured_rows(out_dir, seed)
     for arm in arms:
-        if all(report.row_name(arm.name, mode) in rows for mode in (MODES_WITH_SINKS if arm.has_sinks else (None,))):
+        modes = MODES_WITH_SINKS if arm.has_sinks else (None,)
+        if all(report.row_name(arm.name, mode) in rows for mode in modes):
             print(f"seed {seed} {arm.name}: kept from {path}", flush=True)
             continue
         start = time.perf_counter()
         model, stats = train_arm(arm, base, data, tokenizer, settings, seed)
         coverage = stats.pop("private_mask", coverage)
-        for mode in (MODES_WITH_SINKS if arm.has_sinks else (None,)):
+        for mode in modes:
             rows[report.row_name(arm.name, mode)] = {**evaluate(model, data, tokenizer, settings, mode), **stats}
         print(f"seed {seed} {arm.name}: trained {stats['steps']} steps in {stats['train_seconds']:.0f} s, "
               f"measured in {time.perf_counter() - start - stats['train_seconds']:.0f} s", flush=True)
@@ -148,9 +149,7 @@ def _measured_rows(out_dir: str, seed: int) -> tuple[dict, dict | None, str]:
     finished run's ``results.json``; empty when neither holds the seed."""
     partial = os.path.join(out_dir, f"partial-seed{seed}.json")
     if os.path.isfile(partial):
-        with open(partial, encoding="utf-8") as f:
-            kept = json.load(f)
-        return kept["rows"], kept.get("private_mask_coverage"), partial
+        return (*_read_partial(partial), partial)
     results = os.path.join(out_dir, "results.json")
     if os.path.isfile(results):
         with open(results, encoding="utf-8") as f:
@@ -166,6 +165,15 @@ def _write_partial(out_dir: str, seed: int, rows: dict, coverage: dict | None) -
         json.dump({"rows": rows, "private_mask_coverage": coverage}, f, indent=1)
 
 
+def _read_partial(path: str) -> tuple[dict, dict | None]:
+    """(rows, private-mask coverage) of one ``partial-seed<N>.json``."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if "rows" in data:
+        return data["rows"], data.get("private_mask_coverage")
+    return data, None  # written before the file carried the coverage: the rows alone
+
+
 def read_partials(out_dir: str) -> tuple[dict, dict | None]:
     """({seed: rows}, private-mask coverage) from the ``partial-seed<N>.json`` files an interrupted run left."""
     per_seed, coverage = {}, None
@@ -173,13 +181,9 @@ def read_partials(out_dir: str) -> tuple[dict, dict | None]:
     if not names:
         raise SystemExit(f"--report-from {out_dir}: no partial-seed<N>.json files there")
     for name in names:
-        with open(os.path.join(out_dir, name), encoding="utf-8") as f:
-            data = json.load(f)
         seed = int(name[len("partial-seed"):-len(".json")])
-        if "rows" in data:
-            per_seed[seed], coverage = data["rows"], coverage or data.get("private_mask_coverage")
-        else:  # written before the file carried the coverage: the rows alone
-            per_seed[seed] = data
+        per_seed[seed], found = _read_partial(os.path.join(out_dir, name))
+        coverage = coverage or found
     return per_seed, coverage
 
 

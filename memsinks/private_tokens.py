@@ -30,10 +30,11 @@ The public pass never has a private token as its target, so a kind of token that
 private (the digits, when every number is marked) is pushed down by every softmax and never up:
 the shipped model learns that digits do not occur (measured on SmolLM2-135M: unseen records'
 secrets cost 6.7 nats per token, against 3.3 after plain fine-tuning).
-``SinksConfig.private_token_target="batch_marginal"`` gives the public pass, at each position whose next token is private, the cross-entropy against
-the micro-batch's private tokens pooled into one distribution (``batch_marginal_loss``): the
-shipped model keeps "a digit comes here" without learning which digit a record has. It is added
-to the gradient only; the loss value returned is unchanged.
+``SinksConfig.private_token_target="batch_marginal"`` gives the public pass, at each position
+whose next token is private, the cross-entropy against the micro-batch's private tokens pooled
+into one distribution (``batch_marginal_loss``): the shipped model keeps "a digit comes here"
+without learning which digit a record has. It is added to the gradient only; the loss value
+returned is unchanged.
 """
 
 from __future__ import annotations
