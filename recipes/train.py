@@ -39,7 +39,8 @@ import yaml
 from memsinks._trainer_setup import sinks_trainer
 from memsinks_recipe.arguments import config_help, load_recipe, parse_command_line
 from memsinks_recipe.callbacks import LaunchRecord, RoutingAudit, StockLayoutCheckpoints, Throughput
-from memsinks_recipe.common import DATA_DIR, FINAL_DIR, SUMMARY_FILE, RecipeError, is_rank0, say, write_json
+from memsinks_recipe.common import (DATA_DIR, FINAL_DIR, SUMMARY_FILE, RecipeError, close_process_group, is_rank0, say,
+                                    write_json)
 from memsinks_recipe.config import Recipe, privacy_config
 from memsinks_recipe.data import (PreparedData, data_fingerprint, load_prepared, load_tokenizer, on_rank0_then_all,
                                   prepare_data, save_prepared)
@@ -283,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         if flags.print_config:
             print(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
             return 0
-        return run(recipe, flags.resume)
+        code = run(recipe, flags.resume)
+        close_process_group()
+        return code
     except RecipeError as err:
         if is_rank0():
             print(f"train.py: error: {err}", file=sys.stderr, flush=True)

@@ -24,6 +24,19 @@ def is_rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def close_process_group() -> None:
+    """After a successful run: meet every process, then tear the process group down.
+
+    A process that exits with the group still up can abort in gloo's teardown ("terminate called
+    without an active exception") while another process still has collectives in flight.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def say(message: str) -> None:
     """Print a line once (on rank 0), prefixed so it stands out among the Trainer's logs."""
     if is_rank0():

@@ -74,6 +74,9 @@ def main() -> None:
             "world_size": trainer.args.world_size, "epsilon": trainer.privacy.ledger.epsilon(),
             "steps": trainer.privacy.ledger.steps, "global_step": trainer.state.global_step, "noise_std": noise,
             "expected_batch_size": trainer.privacy.expected_batch_size, "sample_rate": trainer.privacy.sample_rate}))
+    if torch.distributed.is_initialized():  # no process tears gloo down while another still has collectives in flight
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
