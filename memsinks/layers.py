@@ -172,6 +172,86 @@ class SinkUpProjection(_StockLayout):
         return f"pool={self.pool}, scale={self.scale:g}, paired={self.paired}"
 
 
+class SplitSinkUpProjection(_StockLayout):
+    """An up (or gate) projection whose last ``pool`` output units are a split pool trained ``scale`` times faster.
+
+    Only used when ``SinksConfig.sink_lr_scale`` is not 1 under ``placement="split"``. The pool's
+    rows (and bias entries) of ``base`` are stored divided by ``scale`` and the forward multiplies
+    those output units back, so that Adam moves their effective weights ``scale`` times further per
+    step, as ``SinkUpProjection`` does for an appended pool. ``base`` is called as a module, so a
+    per-example gradient hook on it sees the stored weights' own gradient. ``state_dict`` and
+    ``unload`` give the effective weights.
+    """
+
+    def __init__(self, base: nn.Module, pool: int, scale: float):
+        super().__init__()
+        self.base = base
+        self.pool = pool
+        self.scale = float(scale)
+        self._factors: dict = {}
+        conv = isinstance(base, Conv1D)
+        with torch.no_grad():
+            base.weight.narrow(1 if conv else 0, base.weight.shape[1 if conv else 0] - pool, pool).div_(self.scale)
+            if has_bias(base):
+                base.bias[-pool:].div_(self.scale)
+
+    @property
+    def shared(self) -> int:
+        return linear_weight(self.base).shape[0] - self.pool
+
+    def _rescaled(self, key: str, tensor: torch.Tensor, dim: int, factor: float) -> torch.Tensor:
+        """``tensor`` (a weight in the base's layout or a bias) with its last ``pool`` entries along ``dim`` times
+        ``factor``, built out of place: a sharded DTensor (FSDP2's state dict) gathers a slice into a copy, so an
+        in-place product on a narrowed view would be lost."""
+        n = tensor.shape[dim]
+        _check_width(key, n, linear_weight(self.base).shape[0])
+        return torch.cat([tensor.narrow(dim, 0, n - self.pool), tensor.narrow(dim, n - self.pool, self.pool) * factor],
+                         dim=dim)
+
+    def _convert(self, state: dict, prefix: str, factor: float) -> None:
+        """The weight and the bias of ``state`` each on its own: a sharded checkpoint may bring one without the other."""
+        key = prefix + "weight"
+        if key in state:
+            state[key] = self._rescaled(key, state[key], 1 if isinstance(self.base, Conv1D) else 0, factor)
+        key = prefix + "bias"
+        if key in state and has_bias(self.base):
+            state[key] = self._rescaled(key, state[key], 0, factor)
+
+    def _factor(self, out: torch.Tensor) -> torch.Tensor:
+        """(units,): 1 for the shared units, ``scale`` for the pool's."""
+        key = (out.device, out.dtype)
+        if key not in self._factors:
+            f = torch.ones(out.shape[-1], dtype=out.dtype, device=out.device)
+            f[-self.pool:] = self.scale
+            self._factors[key] = f
+        return self._factors[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., in) -> (..., units), the pool's units multiplied back by ``scale``."""
+        out = self.base(x.contiguous())
+        return out * self._factor(out)
+
+    def _merge(self, state: dict, prefix: str) -> None:
+        self._convert(state, prefix, self.scale)
+
+    def _split(self, state: dict, prefix: str) -> None:
+        self._convert(state, prefix, 1.0 / self.scale)
+
+    def unload(self, prune: bool) -> nn.Module:
+        """The plain projection with the effective weights (only the shared units' rows when pruning)."""
+        w = linear_weight(self.base).detach().clone()
+        b = self.base.bias.detach().clone() if has_bias(self.base) else None
+        if prune:
+            return new_projection(self.base, w[:self.shared], None if b is None else b[:self.shared])
+        w[self.shared:] *= self.scale
+        if b is not None:
+            b[self.shared:] *= self.scale
+        return new_projection(self.base, w, b)
+
+    def extra_repr(self) -> str:
+        return f"pool={self.pool}, scale={self.scale:g}"
+
+
 class SinkDownProjection(_StockLayout):
     """The down projection of a block with sinks: masks its input units, then projects.
 
@@ -235,21 +315,77 @@ class SinkDownProjection(_StockLayout):
 
 
 class SplitSinkDownProjection(SinkDownProjection):
-    """``split`` placement: ``base`` spans all units; the last ``pool`` of them are the sink pool."""
+    """``split`` placement: ``base`` spans all units; the last ``pool`` of them are the sink pool.
+
+    With ``scale`` (``SinksConfig.sink_lr_scale``) other than 1, the pool's down columns are
+    stored divided by ``scale`` and the pool's entries of the mask are multiplied by it (and the
+    up projections are ``SplitSinkUpProjection``s), so that Adam trains the pool ``scale`` times
+    faster than the shared units; ``state_dict`` and ``unload`` give the effective weights.
+    """
 
     placement = "split"
+
+    def __init__(self, base: nn.Module, router: SinkRouter, layer: int, pool: int, scale: float = 1.0):
+        super().__init__(base, router, layer, pool)
+        self.scale = float(scale)
+        self._factors: dict = {}
+        if self.scale != 1.0:
+            dim = 0 if isinstance(base, Conv1D) else 1
+            with torch.no_grad():
+                base.weight.narrow(dim, base.weight.shape[dim] - pool, pool).div_(self.scale)
 
     @staticmethod
     def mask_width(width: int, pool: int) -> int:
         return width
 
+    @classmethod
+    def attach(cls, mlp: nn.Module, up: Sequence[str], down: str, router: SinkRouter, layer: int,
+               pool: int) -> "SinkDownProjection":
+        scale = router.config.sink_lr_scale
+        if scale != 1.0:
+            for name in up:
+                setattr(mlp, name, SplitSinkUpProjection(getattr(mlp, name), pool, scale))
+        wrapper = cls(getattr(mlp, down), router, layer, pool, scale)
+        setattr(mlp, down, wrapper)
+        return wrapper
+
     @property
     def shared(self) -> int:
         return in_out(self.base)[0] - self.pool
 
+    def _rescaled(self, key: str, weight: torch.Tensor, factor: float) -> torch.Tensor:
+        """``weight`` (the base's layout) with the pool's down weights (Linear: columns; Conv1D: rows) times
+        ``factor``, built out of place (see ``SplitSinkUpProjection._rescaled``)."""
+        dim = 0 if isinstance(self.base, Conv1D) else 1
+        n = weight.shape[dim]
+        _check_width(key, n, in_out(self.base)[0])
+        return torch.cat([weight.narrow(dim, 0, n - self.pool), weight.narrow(dim, n - self.pool, self.pool) * factor],
+                         dim=dim)
+
+    def _scaled(self, mask: torch.Tensor) -> torch.Tensor:
+        """``mask`` with its pool entries multiplied by ``scale`` (the stored columns are divided by it)."""
+        if self.scale == 1.0:
+            return mask
+        key = (mask.device, mask.dtype)
+        if key not in self._factors:
+            f = torch.ones(mask.shape[-1], dtype=mask.dtype, device=mask.device)
+            f[-self.pool:] = self.scale
+            self._factors[key] = f
+        return mask * self._factors[key]
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: (B, T, units) hidden activations -> (B, T, hidden)."""
-        return self.base(h * self._mask(h))
+        return self.base(h * self._scaled(self._mask(h)))
+
+    def _merge(self, state: dict, prefix: str) -> None:
+        key = prefix + "weight"
+        if self.scale != 1.0 and key in state:
+            state[key] = self._rescaled(key, state[key], self.scale)
+
+    def _split(self, state: dict, prefix: str) -> None:
+        key = prefix + "weight"
+        if self.scale != 1.0 and key in state:
+            state[key] = self._rescaled(key, state[key], 1.0 / self.scale)
 
     def unload(self, factor: torch.Tensor, prune: bool) -> nn.Module:
         self._check_prune(factor, prune)
@@ -257,10 +393,12 @@ class SplitSinkDownProjection(SinkDownProjection):
         bias = self.base.bias.detach() if has_bias(self.base) else None
         if prune:
             return new_projection(self.base, w[:, :self.shared], bias)
-        scale = torch.cat([torch.ones(self.shared), factor]).to(w)
+        scale = torch.cat([torch.ones(self.shared), factor * self.scale]).to(w)
         return new_projection(self.base, w * scale, bias)
 
     def unload_up(self, up: nn.Module, prune: bool) -> nn.Module:
+        if isinstance(up, SplitSinkUpProjection):
+            return up.unload(prune)
         if not prune:
             return up
         w = linear_weight(up).detach()[:self.shared]
@@ -269,6 +407,9 @@ class SplitSinkDownProjection(SinkDownProjection):
 
     def unloaded_width(self, prune: bool) -> int:
         return self.shared if prune else in_out(self.base)[0]
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", scale={self.scale:g}" if self.scale != 1.0 else "")
 
 
 class AppendSinkDownProjection(SinkDownProjection):
@@ -395,7 +536,7 @@ def sink_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The parameters that make up the sinks: appended pools, or the MLPs that hold split pools."""
     out = {}
     for name, module in model.named_modules():
-        if isinstance(module, (SinkUpProjection, SinkDownProjection)):
+        if isinstance(module, (SinkUpProjection, SplitSinkUpProjection, SinkDownProjection)):
             for pname, p in module.named_parameters():
                 out[f"{name}.{pname}"] = p
     return out
@@ -405,7 +546,7 @@ def sink_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     """The sink wrappers' own persistent buffers (the warm-up's progress), which a checkpoint must carry."""
     out = {}
     for name, module in model.named_modules():
-        if isinstance(module, (SinkUpProjection, SinkDownProjection)):
+        if isinstance(module, (SinkUpProjection, SplitSinkUpProjection, SinkDownProjection)):
             for bname, b in module.named_buffers(recurse=False):
                 if bname not in module._non_persistent_buffers_set:
                     out[f"{name}.{bname}"] = b

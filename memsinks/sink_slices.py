@@ -20,7 +20,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from memsinks.architectures import find_blocks, layout_for
-from memsinks.layers import AppendSinkDownProjection, SinkUpProjection, SplitSinkDownProjection
+from memsinks.layers import AppendSinkDownProjection, SinkUpProjection, SplitSinkDownProjection, SplitSinkUpProjection
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ def sink_slices(model: nn.Module) -> list[SinkSlice]:
         elif isinstance(down, SplitSinkDownProjection):
             shared = down.shared
             for name in layout.up:
-                out += _output_slices(getattr(mlp, name), shared)
+                up = getattr(mlp, name)
+                out += _output_slices(up.base if isinstance(up, SplitSinkUpProjection) else up, shared)
             out.append(SinkSlice(down.base.weight, 0 if isinstance(down.base, Conv1D) else 1, shared))
     return out

@@ -47,11 +47,12 @@ def test_bad_lever_values_are_refused_with_the_fix(kwargs, match):
         SinksConfig(**{"placement": "append", "n_sink_units": 8, **kwargs})
 
 
-def test_split_refuses_levers_that_only_appended_units_have():
-    with pytest.raises(ValueError, match="sink_lr_scale applies to placement='append'"):
-        SinksConfig(sink_lr_scale=4)
+def test_split_refuses_the_lever_only_appended_units_have_and_takes_a_power_of_two_learning_rate_scale():
     with pytest.raises(ValueError, match="sink_init applies to placement='append'"):
         SinksConfig(sink_init="mirror")
+    assert SinksConfig(sink_lr_scale=4).sink_lr_scale == 4.0
+    with pytest.raises(ValueError, match="power of two.*got 3. Use 4"):
+        SinksConfig(sink_lr_scale=3)
 
 
 def test_a_file_written_before_the_levers_existed_loads_with_that_versions_behaviour():

@@ -166,3 +166,87 @@ def test_a_scaled_pool_saves_its_effective_weights_and_loads_back_bit_for_bit():
         assert torch.equal(a, b), name
     plain = memsinks.remove_sinks(model, mode="mean", prune=False)
     assert torch.equal(plain.transformer.h[0].mlp.c_fc.weight, state["transformer.h.0.mlp.c_fc.weight"])
+
+
+def _split(family, scale, seed=0):
+    cfg = memsinks.SinksConfig(p_gen=0.5, p_mem=0.25, sink_lr_scale=scale)
+    return memsinks.add_sinks(tiny_model(family, seed=seed), cfg)
+
+
+def _mlp_parts(model, family):
+    """Block 0's effective MLP weights from the state dict, as (pool parts, shared parts): up rows (gate and up for
+    llama) and down columns. Both tiny MLPs have 64 units; p_gen 0.5 makes the last 32 the pool."""
+    state = model.state_dict()
+    if family == "gpt2":
+        up, down = state["transformer.h.0.mlp.c_fc.weight"], state["transformer.h.0.mlp.c_proj.weight"]
+        return [up[:, 32:], down[32:]], [up[:, :32], down[:32]]
+    prefix = "model.layers.0.mlp."
+    gate, up, down = (state[prefix + n + ".weight"] for n in ("gate_proj", "up_proj", "down_proj"))
+    return [gate[32:], up[32:], down[:, 32:]], [gate[:32], up[:32], down[:, :32]]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_split_pool_with_a_learning_rate_scale_computes_the_same_function_and_saves_the_same_weights(family):
+    plain, scaled = _split(family, 1.0).eval(), _split(family, 4.0).eval()
+    x = token_batch(shape=(3, 16))
+    ids = torch.tensor([1, 2, 3])
+    for mode in ("own", "drop", "mean"):
+        with torch.no_grad(), memsinks.sinks_mode(plain, mode), memsinks.sinks_mode(scaled, mode):
+            # the stored pool times a power of two is the weight exactly, so the logits are bit-identical
+            assert torch.equal(scaled(x, sequence_ids=ids).logits, plain(x, sequence_ids=ids).logits), mode
+    a, b = plain.state_dict(), scaled.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fresh = _split(family, 4.0, seed=7)
+    fresh.load_state_dict(b)
+    for (name, p), (_, q) in zip(scaled.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(p, q), name
+    for mode, prune in (("drop", True), ("drop", False), ("mean", False)):
+        with torch.no_grad():
+            expect = memsinks.remove_sinks(_split(family, 1.0), mode=mode, prune=prune).eval()(x).logits
+            got = memsinks.remove_sinks(_split(family, 4.0), mode=mode, prune=prune).eval()(x).logits
+        assert torch.equal(got, expect), (mode, prune)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_adam_moves_a_scaled_split_pool_that_many_times_further_and_the_shared_units_as_before(family):
+    moved, shared = {}, {}
+    x = token_batch(shape=(3, 16))
+    for scale in (1.0, 4.0):
+        model = _split(family, scale).train()
+        assert get_router(model).specs[0].pool == 32
+        pool_before, shared_before = [[t.clone() for t in part] for part in _mlp_parts(model, family)]
+        rest_before = {k: v.clone() for k, v in model.state_dict().items() if "mlp" not in k}
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        model(x, labels=x, sequence_ids=torch.tensor([1, 2, 3])).loss.backward()
+        opt.step()
+        pool_after, shared_after = _mlp_parts(model, family)
+        moved[scale] = torch.stack([(t - b).abs().max() for t, b in zip(pool_after, pool_before)])
+        after = model.state_dict()
+        shared[scale] = [t - b for t, b in zip(shared_after, shared_before)] + [
+            after[k] - v for k, v in rest_before.items()]
+    assert (moved[1.0] > 0).all()
+    assert torch.allclose(moved[4.0], 4 * moved[1.0], rtol=1e-3)
+    for a, b in zip(shared[4.0], shared[1.0]):
+        assert torch.allclose(a, b, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama"])
+def test_the_sink_slices_of_a_scaled_split_pool_are_every_up_rows_bias_and_down_columns(family):
+    from memsinks.architectures import find_blocks, layout_for
+    from memsinks.layers import SplitSinkUpProjection
+    from memsinks.sink_slices import sink_slices
+
+    model = _split(family, 4.0)
+    layout = layout_for(model.config.model_type)
+    expected = []
+    for block in find_blocks(model, layout):
+        mlp = getattr(block, layout.mlp)
+        for name in layout.up:
+            up = getattr(mlp, name)
+            assert isinstance(up, SplitSinkUpProjection)
+            expected += [(id(up.base.weight), 1 if isinstance(up.base, Conv1D) else 0, 32)]
+            if up.base.bias is not None:
+                expected.append((id(up.base.bias), 0, 32))
+        down = getattr(mlp, layout.down).base
+        expected.append((id(down.weight), 0 if isinstance(down, Conv1D) else 1, 32))
+    assert sorted((id(s.param), s.dim, s.start) for s in sink_slices(model)) == sorted(expected)

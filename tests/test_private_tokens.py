@@ -39,10 +39,15 @@ def _is_sink(model):
     return {n: slices.get(id(p)) for n, p in model.named_parameters()}
 
 
+# split with a learning-rate scale: the pool's up rows sit inside SplitSinkUpProjection wrappers
+PLACEMENTS = pytest.mark.parametrize("placement,config", [("append", {}), ("split", {}), ("split", {"sink_lr_scale": 4})],
+                                     ids=["append", "split", "split_scaled"])
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-@pytest.mark.parametrize("placement", ["append", "split"])
-def test_shared_parameters_learn_public_tokens_as_shipped_and_sinks_only_private_ones(family, placement):
-    model = _model(family, placement)
+@PLACEMENTS
+def test_shared_parameters_learn_public_tokens_as_shipped_and_sinks_only_private_ones(family, placement, config):
+    model = _model(family, placement, **config)
     with torch.no_grad():  # trained sinks (mirror pairs cancel at step 0, which would hide a wrong routing)
         for s in sink_slices(model):
             s.param.add_(s.keep(torch.randn_like(s.param)) * 0.05)
@@ -76,9 +81,9 @@ def test_shared_parameters_learn_public_tokens_as_shipped_and_sinks_only_private
             assert piece.keep(g).abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("placement", ["append", "split"])
-def test_a_batch_whose_every_labelled_token_is_private_gives_shared_parameters_exactly_zero_gradient(placement):
-    model = _model("llama", placement)
+@PLACEMENTS
+def test_a_batch_whose_every_labelled_token_is_private_gives_shared_parameters_exactly_zero_gradient(placement, config):
+    model = _model("llama", placement, **config)
     x, ids, private = _batch()
     labels = x.masked_fill(~private.bool(), -100)
     model(x, labels=labels, sequence_ids=ids, private_mask=private).loss.backward()

@@ -11,14 +11,24 @@ from tests.conftest import tiny_model, token_batch
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt_neox", "gpt2"])
-@pytest.mark.parametrize("placement", ["split", "append"])
-def test_save_load_round_trip_keeps_routing_and_logits(tmp_path, placement, family):
+@pytest.mark.parametrize("placement,config", [("split", {}), ("split", {"sink_lr_scale": 4}), ("append", {})],
+                         ids=["split", "split_scaled", "append"])
+def test_save_load_round_trip_keeps_routing_and_logits(tmp_path, placement, config, family):
     cfg = memsinks.SinksConfig(placement=placement, n_sink_units=16 if placement == "append" else None,
-                               p_gen=0.5, routing_seed=99, layers=[0, -1])
-    model = memsinks.add_sinks(tiny_model(family, layers=3), cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)  # make the zero-initialised sink weights matter
+                               p_gen=0.5, routing_seed=99, layers=[0, -1], **config)
+
+    def perturb(m):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+
+    base = tiny_model(family, layers=3)
+    if placement == "split":  # split sinks are the model's own units: its weights are the sinks' effective weights
+        perturb(base)
+        weights = {k: v.clone() for k, v in base.state_dict().items()}
+    model = memsinks.add_sinks(base, cfg)
+    if placement == "append":
+        perturb(model)  # make the zero-initialised sink weights matter
     model.eval()
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "sinks_config.json").read_text())
@@ -31,6 +41,11 @@ def test_save_load_round_trip_keeps_routing_and_logits(tmp_path, placement, fami
             assert torch.equal(model(x, sequence_ids=ids).logits, loaded(x, sequence_ids=ids).logits)
     r1, r2 = get_router(model), get_router(loaded)
     assert torch.equal(r1.compute_pool_bits(ids), r2.compute_pool_bits(ids))
+    if placement == "split":  # the files hold the effective weights, whatever sink_lr_scale stores
+        from transformers import AutoModelForCausalLM
+
+        stock = AutoModelForCausalLM.from_pretrained(tmp_path).state_dict()
+        assert stock.keys() == weights.keys() and all(torch.equal(stock[k], v) for k, v in weights.items())
 
 
 def test_from_pretrained_refuses_plain_checkpoint(tmp_path):

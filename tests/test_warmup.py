@@ -13,9 +13,9 @@ from memsinks.warmup import PROGRESS_BUFFER
 from tests.conftest import tiny_model, token_batch
 
 
-def _model(placement: str, steps: int):
+def _model(placement: str, steps: int, **config):
     cfg = memsinks.SinksConfig(placement=placement, n_sink_units=16 if placement == "append" else None,
-                               sink_warmup_steps=steps)
+                               sink_warmup_steps=steps, **config)
     return memsinks.add_sinks(tiny_model("llama"), cfg).train()
 
 
@@ -37,9 +37,10 @@ def _outside_sinks(model) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("placement", ["append", "split"])
-def test_only_the_sinks_move_during_the_warm_up_and_everything_after_it(placement):
-    model = _model(placement, steps=3)
+@pytest.mark.parametrize("placement,config", [("append", {}), ("split", {}), ("split", {"sink_lr_scale": 4})],
+                         ids=["append", "split", "split_scaled"])
+def test_only_the_sinks_move_during_the_warm_up_and_everything_after_it(placement, config):
+    model = _model(placement, steps=3, **config)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)  # decay would still shrink them
     start = _outside_sinks(model)
     sinks_start = [s.keep(s.param.detach().clone()) for s in sink_slices(model)]

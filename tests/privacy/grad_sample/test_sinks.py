@@ -15,8 +15,9 @@ APPEND_RANDOM = {"sink_init": "random", "sink_lr_scale": 8, "centered_masks": Tr
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-@pytest.mark.parametrize("placement,extra", [("split", {}), ("append", APPEND_DEFAULTS), ("append", APPEND_PLAIN),
-                                             ("append", APPEND_RANDOM)], ids=["split", "append", "plain", "random"])
+@pytest.mark.parametrize("placement,extra", [("split", {}), ("split", {"sink_lr_scale": 4}), ("append", APPEND_DEFAULTS),
+                                             ("append", APPEND_PLAIN), ("append", APPEND_RANDOM)],
+                         ids=["split", "split_scaled", "append", "plain", "random"])
 def test_sink_wrappers_get_exact_per_example_gradients(family, placement, extra):
     # the wrappers project with F.linear / addmm on the base weights, bypassing the base module's forward; the
     # pool is stored divided by sink_lr_scale, so a handler that forgot the scale would be off by that factor
