@@ -35,3 +35,16 @@ def test_the_benchmark_takes_one_value_per_sinks_field(capsys):
     with pytest.raises(SystemExit):
         memorization.parse_args(["--out", "x", "--s1-sinks", "p_mem=0.05,0.1"])
     assert "one value per field" in capsys.readouterr().err
+
+
+def test_the_sweep_sets_the_chosen_scenarios_fields_and_refuses_another_scenarios_by_name(tmp_path, capsys):
+    import memorization_sweep
+    from memorization_lib.settings import Scenario1Settings, Scenario3Settings
+
+    s = memorization_sweep.settings_for({"n_domain": 32, "repeats": 64, "n_embd": 64}, Scenario3Settings())
+    assert (s.n_domain, s.repeats, s.model.n_embd, s.model.intermediate) == (32, 64, 64, 1024)
+    assert memorization_sweep.settings_for({"repeats": 8}, Scenario1Settings()).repeats == 8
+    with pytest.raises(SystemExit):  # n_repeated is scenario 1's; refused before anything is trained
+        memorization_sweep.main(["--scenario", "3", "--out", str(tmp_path), "--setup", "n_repeated=4"])
+    assert "Unknown setup field(s) ['n_repeated']" in capsys.readouterr().err
+    assert not (tmp_path / "sweep.json").exists()
