@@ -155,11 +155,11 @@ def main(argv=None) -> int:
     seeds = [int(x) for x in args.seeds.split(",")]
     rows = []
     path = os.path.join(args.out, "sweep.json")
-    for setup in combos(parse_grid(args.setup)):
-        try:
-            s = settings_for(setup, base)
-        except (TypeError, ValueError) as err:
-            p.error(f"--setup {args.setup!r}: {err}")
+    try:  # every setup checked before anything is trained
+        setups = [(setup, settings_for(setup, base)) for setup in combos(parse_grid(args.setup))]
+    except (TypeError, ValueError) as err:
+        p.error(f"--setup {args.setup!r}: {err}")
+    for setup, s in setups:
         text, source, tok = scenario.load(args.text, s)
         for seed in seeds:
             data = scenario.build(text, source, tok, s, seed)

@@ -45,6 +45,6 @@ def test_the_sweep_sets_the_chosen_scenarios_fields_and_refuses_another_scenario
     assert (s.n_domain, s.repeats, s.model.n_embd, s.model.intermediate) == (32, 64, 64, 1024)
     assert memorization_sweep.settings_for({"repeats": 8}, Scenario1Settings()).repeats == 8
     with pytest.raises(SystemExit):  # n_repeated is scenario 1's; refused before anything is trained
-        memorization_sweep.main(["--scenario", "3", "--out", str(tmp_path), "--setup", "n_repeated=4"])
+        memorization_sweep.main(["--scenario", "3", "--out", str(tmp_path), "--setup", "repeats=8 n_repeated=4"])
     assert "Unknown setup field(s) ['n_repeated']" in capsys.readouterr().err
     assert not (tmp_path / "sweep.json").exists()
