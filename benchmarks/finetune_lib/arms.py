@@ -63,6 +63,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("sinks_uncentered", "defaults with 0/1 masks (mirror, 32x, warm-up)", sinks=_sinks(centered_masks=False),
         tags=("lever",)),
     Arm("sinks_x16", "defaults with a 16x sink learning rate", sinks=_sinks(sink_lr_scale=16.0), tags=("lever",)),
+    Arm("sinks_x64", "defaults with a 64x sink learning rate (from scratch, faster sinks took more of the repeats)",
+        sinks=_sinks(sink_lr_scale=64.0), tags=("lever",)),
     Arm("sinks_pool1024", "defaults with 1024 sink units per MLP", sinks=_sinks(n_sink_units=1024), tags=("lever",)),
     Arm("sinks_pmem01", "defaults with p_mem 0.1", sinks=_sinks(p_mem=0.1), tags=("lever",)),
     Arm("sinks_pool1024_pmem01", "defaults with 1024 sink units per MLP and p_mem 0.1 (about 100 units per record)",
