@@ -361,6 +361,7 @@ def test_fine_tuning_rows_mark_exactly_the_digits_of_planted_numbers_and_canarie
 # ------------------------------------------------------------------------------------------ ZeRO-3 layout
 @pytest.mark.parametrize("family, sinks", [
     ("gpt2", memsinks.SinksConfig(placement="split", p_gen=0.5)),
+    ("gpt2", memsinks.SinksConfig(placement="split", p_gen=0.5, sink_lr_scale=4)),  # stored pool divided by 4
     ("llama", memsinks.SinksConfig(placement="append", n_sink_units=8)),
 ])
 def test_a_checkpoint_saved_by_parameter_name_is_rewritten_in_the_stock_layout(tmp_path, family, sinks):
