@@ -4,7 +4,9 @@ A sink down projection wraps the down projection (GPT-2 ``c_proj``, Llama ``down
 and multiplies its input, the MLP hidden activations, by the current batch's mask before
 projecting. It comes in two variants, one per placement:
 
-- ``SplitSinkDownProjection``: the pool is the last ``pool`` of the MLP's own units.
+- ``SplitSinkDownProjection``: the pool is the last ``pool`` of the MLP's own units. With a
+  learning-rate scale (``SinksConfig.sink_lr_scale``) the up projections are wrapped too
+  (``SplitSinkUpProjection``), and both store the pool divided by the scale.
 - ``AppendSinkDownProjection``: the pool is a separate set of units. ``SinkUpProjection``
   widens each up projection (Llama: gate and up) by the pool's rows, and the down wrapper adds
   the pool's contribution, whose weights start at zero, to the untouched base projection, so
@@ -172,6 +174,31 @@ class SinkUpProjection(_StockLayout):
         return f"pool={self.pool}, scale={self.scale:g}, paired={self.paired}"
 
 
+def _tail_times(key: str, tensor: torch.Tensor, dim: int, width: int, pool: int, factor: float) -> torch.Tensor:
+    """``tensor`` with its last ``pool`` entries along ``dim`` (of ``width``) multiplied by ``factor``.
+
+    Built out of place: under FSDP2 a state dict holds sharded DTensors, and a slice of one along
+    its sharded dim is a gathered copy, so an in-place product on a narrowed view would be lost.
+    """
+    _check_width(key, tensor.shape[dim], width)
+    return torch.cat([tensor.narrow(dim, 0, width - pool), tensor.narrow(dim, width - pool, pool) * factor], dim=dim)
+
+
+class _PoolFactors:
+    """(units,) vectors of 1 for the shared units and ``scale`` for a split pool's last ``pool``, per device and dtype."""
+
+    def __init__(self, pool: int, scale: float):
+        self.pool, self.scale, self._cache = pool, scale, {}
+
+    def like(self, t: torch.Tensor) -> torch.Tensor:
+        key = (t.device, t.dtype, t.shape[-1])
+        if key not in self._cache:
+            f = torch.ones(t.shape[-1], dtype=t.dtype, device=t.device)
+            f[-self.pool:] = self.scale
+            self._cache[key] = f
+        return self._cache[key]
+
+
 class SplitSinkUpProjection(_StockLayout):
     """An up (or gate) projection whose last ``pool`` output units are a split pool trained ``scale`` times faster.
 
@@ -188,7 +215,7 @@ class SplitSinkUpProjection(_StockLayout):
         self.base = base
         self.pool = pool
         self.scale = float(scale)
-        self._factors: dict = {}
+        self._factors = _PoolFactors(pool, self.scale)
         conv = isinstance(base, Conv1D)
         with torch.no_grad():
             base.weight.narrow(1 if conv else 0, base.weight.shape[1 if conv else 0] - pool, pool).div_(self.scale)
@@ -199,37 +226,20 @@ class SplitSinkUpProjection(_StockLayout):
     def shared(self) -> int:
         return linear_weight(self.base).shape[0] - self.pool
 
-    def _rescaled(self, key: str, tensor: torch.Tensor, dim: int, factor: float) -> torch.Tensor:
-        """``tensor`` (a weight in the base's layout or a bias) with its last ``pool`` entries along ``dim`` times
-        ``factor``, built out of place: a sharded DTensor (FSDP2's state dict) gathers a slice into a copy, so an
-        in-place product on a narrowed view would be lost."""
-        n = tensor.shape[dim]
-        _check_width(key, n, linear_weight(self.base).shape[0])
-        return torch.cat([tensor.narrow(dim, 0, n - self.pool), tensor.narrow(dim, n - self.pool, self.pool) * factor],
-                         dim=dim)
-
     def _convert(self, state: dict, prefix: str, factor: float) -> None:
         """The weight and the bias of ``state`` each on its own: a sharded checkpoint may bring one without the other."""
+        width = linear_weight(self.base).shape[0]
         key = prefix + "weight"
         if key in state:
-            state[key] = self._rescaled(key, state[key], 1 if isinstance(self.base, Conv1D) else 0, factor)
+            state[key] = _tail_times(key, state[key], 1 if isinstance(self.base, Conv1D) else 0, width, self.pool, factor)
         key = prefix + "bias"
         if key in state and has_bias(self.base):
-            state[key] = self._rescaled(key, state[key], 0, factor)
-
-    def _factor(self, out: torch.Tensor) -> torch.Tensor:
-        """(units,): 1 for the shared units, ``scale`` for the pool's."""
-        key = (out.device, out.dtype)
-        if key not in self._factors:
-            f = torch.ones(out.shape[-1], dtype=out.dtype, device=out.device)
-            f[-self.pool:] = self.scale
-            self._factors[key] = f
-        return self._factors[key]
+            state[key] = _tail_times(key, state[key], 0, width, self.pool, factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in) -> (..., units), the pool's units multiplied back by ``scale``."""
         out = self.base(x.contiguous())
-        return out * self._factor(out)
+        return out * self._factors.like(out)
 
     def _merge(self, state: dict, prefix: str) -> None:
         self._convert(state, prefix, self.scale)
@@ -328,7 +338,7 @@ class SplitSinkDownProjection(SinkDownProjection):
     def __init__(self, base: nn.Module, router: SinkRouter, layer: int, pool: int, scale: float = 1.0):
         super().__init__(base, router, layer, pool)
         self.scale = float(scale)
-        self._factors: dict = {}
+        self._factors = _PoolFactors(pool, self.scale)
         if self.scale != 1.0:
             dim = 0 if isinstance(base, Conv1D) else 1
             with torch.no_grad():
@@ -354,28 +364,14 @@ class SplitSinkDownProjection(SinkDownProjection):
         return in_out(self.base)[0] - self.pool
 
     def _rescaled(self, key: str, weight: torch.Tensor, factor: float) -> torch.Tensor:
-        """``weight`` (the base's layout) with the pool's down weights (Linear: columns; Conv1D: rows) times
-        ``factor``, built out of place (see ``SplitSinkUpProjection._rescaled``)."""
-        dim = 0 if isinstance(self.base, Conv1D) else 1
-        n = weight.shape[dim]
-        _check_width(key, n, in_out(self.base)[0])
-        return torch.cat([weight.narrow(dim, 0, n - self.pool), weight.narrow(dim, n - self.pool, self.pool) * factor],
-                         dim=dim)
-
-    def _scaled(self, mask: torch.Tensor) -> torch.Tensor:
-        """``mask`` with its pool entries multiplied by ``scale`` (the stored columns are divided by it)."""
-        if self.scale == 1.0:
-            return mask
-        key = (mask.device, mask.dtype)
-        if key not in self._factors:
-            f = torch.ones(mask.shape[-1], dtype=mask.dtype, device=mask.device)
-            f[-self.pool:] = self.scale
-            self._factors[key] = f
-        return mask * self._factors[key]
+        """``weight`` (the base's layout) with the pool's down weights (Linear: columns; Conv1D: rows) times ``factor``."""
+        return _tail_times(key, weight, 0 if isinstance(self.base, Conv1D) else 1, in_out(self.base)[0], self.pool,
+                           factor)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: (B, T, units) hidden activations -> (B, T, hidden)."""
-        return self.base(h * self._scaled(self._mask(h)))
+        mask = self._mask(h)
+        return self.base(h * (mask if self.scale == 1.0 else mask * self._factors.like(mask)))
 
     def _merge(self, state: dict, prefix: str) -> None:
         key = prefix + "weight"
@@ -536,7 +532,7 @@ def sink_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The parameters that make up the sinks: appended pools, or the MLPs that hold split pools."""
     out = {}
     for name, module in model.named_modules():
-        if isinstance(module, (SinkUpProjection, SplitSinkUpProjection, SinkDownProjection)):
+        if isinstance(module, (SinkUpProjection, SinkDownProjection)):
             for pname, p in module.named_parameters():
                 out[f"{name}.{pname}"] = p
     return out
@@ -546,7 +542,7 @@ def sink_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     """The sink wrappers' own persistent buffers (the warm-up's progress), which a checkpoint must carry."""
     out = {}
     for name, module in model.named_modules():
-        if isinstance(module, (SinkUpProjection, SplitSinkUpProjection, SinkDownProjection)):
+        if isinstance(module, (SinkUpProjection, SinkDownProjection)):
             for bname, b in module.named_buffers(recurse=False):
                 if bname not in module._non_persistent_buffers_set:
                     out[f"{name}.{bname}"] = b
