@@ -26,6 +26,8 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,57 +49,40 @@ SINK_KEYS = {f.name for f in dataclasses.fields(memsinks.SinksConfig)}
 SHAPE_KEYS = {f.name for f in dataclasses.fields(DecoderShape)}
 
 
-class Scenario1:
-    """Scenario 1's data for the sweep: repeated and held-out windows of one text."""
+@dataclass(frozen=True)
+class SweepScenario:
+    """What the sweep needs of a scenario: its settings, how to load its text and tokenizer, build one seed's
+    data, the sequences it scores (``heldout`` is the gap's other side) and the training stream."""
 
-    settings = Scenario1Settings
-
-    @staticmethod
-    def load(path, s):
-        text, source = load_text(path, s.max_chars)
-        return text, source, scenario1_tokenizer(text, s.vocab_size)
-
-    build = staticmethod(build_scenario1)
-
-    @staticmethod
-    def tokenizer(data):
-        return data.corpus.tokenizer
-
-    @staticmethod
-    def scored(data) -> dict:
-        return {"repeated": data.corpus.repeated, "heldout": data.corpus.heldout}
-
-    @staticmethod
-    def stream(data, s):
-        return data.sources(s.repeats, s.repeats)
+    settings: type
+    load: Callable  # (path, settings) -> (text, source, tokenizer)
+    build: Callable  # (text, source, tokenizer, settings, seed) -> data
+    tokenizer: Callable  # data -> tokenizer
+    scored: Callable  # data -> {name: token rows}
+    stream: Callable  # (data, settings) -> sources
 
 
-class Scenario3:
-    """Scenario 3's data for the sweep: repeated stories, held-out stories ("heldout") and general windows."""
-
-    settings = Scenario3Settings
-
-    @staticmethod
-    def load(path, s):
-        text, source = general_text(path, s.max_chars)
-        return text, source, scenario3_tokenizer(text, s)
-
-    build = staticmethod(build_scenario3)
-
-    @staticmethod
-    def tokenizer(data):
-        return data.tokenizer
-
-    @staticmethod
-    def scored(data) -> dict:
-        return {"repeated": data.repeated_eval, "heldout": data.domain_heldout, "general": data.general_heldout}
-
-    @staticmethod
-    def stream(data, s):
-        return data.sources(s.repeats)
+def _load_scenario1(path, s):
+    text, source = load_text(path, s.max_chars)
+    return text, source, scenario1_tokenizer(text, s.vocab_size)
 
 
-SCENARIOS = {"1": Scenario1, "3": Scenario3}
+def _load_scenario3(path, s):
+    text, source = general_text(path, s.max_chars)
+    return text, source, scenario3_tokenizer(text, s)
+
+
+SCENARIOS = {
+    # repeated and held-out windows of one text
+    "1": SweepScenario(Scenario1Settings, _load_scenario1, build_scenario1, lambda d: d.corpus.tokenizer,
+                       lambda d: {"repeated": d.corpus.repeated, "heldout": d.corpus.heldout},
+                       lambda d, s: d.sources(s.repeats, s.repeats)),
+    # repeated stories against held-out stories, and held-out windows of the general text
+    "3": SweepScenario(Scenario3Settings, _load_scenario3, build_scenario3, lambda d: d.tokenizer,
+                       lambda d: {"repeated": d.repeated_eval, "heldout": d.domain_heldout,
+                                  "general": d.general_heldout},
+                       lambda d, s: d.sources(s.repeats)),
+}
 
 
 def settings_for(setup: dict, base):

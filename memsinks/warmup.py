@@ -10,7 +10,7 @@ itself into the sinks.
 
 Progress is a buffer of the first sink layer (``sink_warmup_progress``), so it is saved in
 checkpoints and a resumed run does not warm up again (stock transformers, loading such a
-checkpoint, reports this one scalar as an unexpected key and ignores it). Zeroing is done by gradient hooks,
+checkpoint, reports this scalar as an unexpected key and ignores it). Zeroing is done by gradient hooks,
 installed at the first training forward and removed when the warm-up ends; they work under
 gradient checkpointing, DDP and gradient accumulation alike. Under DP-SGD (``memsinks.make_private``)
 the noisy gradients of the shared parameters are zeroed before each update instead. The count
