@@ -70,6 +70,9 @@ with open(out + f".{dist.get_rank()}", "w") as f:
     json.dump(result, f)
 dist.barrier()  # no rank tears gloo down while the other still has collectives in flight
 dist.destroy_process_group()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)  # skip the interpreter's teardown, where gloo's threads occasionally abort a finished process
 """
 
 

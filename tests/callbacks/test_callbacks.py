@@ -233,7 +233,7 @@ def test_bad_callback_input_is_a_clear_error(setup):
 
 
 _DISTRIBUTED = r"""
-import json, sys
+import json, os, sys
 import torch
 import torch.distributed as dist
 
@@ -278,6 +278,12 @@ def main(rank, init_file, out_file):
 
 if __name__ == "__main__":
     main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
+    # the work is done and written: leave without the interpreter's teardown, where gloo's threads
+    # occasionally abort the process ("terminate called without an active exception") after
+    # destroy_process_group, a flake of the CPU backend that says nothing about what is tested
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 """
 
 
