@@ -1,7 +1,8 @@
 """How much memorization memsinks removes, what it costs, and how it compares with the alternatives.
 
-    python benchmarks/memorization.py [--quick] [--text FILE] [--seeds 3] --out DIR
+    python benchmarks/memorization.py [--quick] [--text FILE] [--seeds 3] [--first-seed 0] --out DIR
                                       [--scenarios 1,1n,2,3,3n] [--base-model DIR] [--s2-arms a,b,...]
+                                      [--s1-sinks "k=v ..."] [--s2-sinks "k=v ..."]
 
 Scenario 1 trains a small GPT-2 from scratch on windows of a text (``--text``; the embedded
 demo generator without it), with some windows and canaries repeated, once per arm: standard,
@@ -67,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a small smoke run (minutes); not the science")
     p.add_argument("--text", help="text file to train on (default: the embedded demo generator)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds run from this one up (default 0: the benchmark's seeds 0, 1, 2; choose settings on "
+                        "seeds of 100 and up, apart from them)")
     p.add_argument("--out", required=True, help="folder to write results.json, results.md and the plots into")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="which scenarios to run, comma-separated from 1, 1n, 2, 3, 3n (1n, 3n: the near-duplicate "
@@ -77,16 +81,20 @@ def parse_args(argv=None):
     p.add_argument("--s1-sinks", default="",
                    help="scenarios 1 and 1n: SinksConfig values over the settings' sinks, e.g. "
                         "\"sink_warmup_steps=100 centered_masks=true\" (chosen with memorization_sweep.py)")
+    p.add_argument("--s2-sinks", default="",
+                   help="scenario 2: SinksConfig values over its settings' sinks, e.g. \"sink_lr_scale=2\"")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, CPUs))")
     args = p.parse_args(argv)
-    try:
-        grid = parse_grid(args.s1_sinks)
-    except ValueError as err:
-        p.error(f"--s1-sinks: {err}")
-    multi = [k for k, v in grid.items() if len(v) != 1]
-    if multi:
-        p.error(f"--s1-sinks takes one value per field (a sweep is memorization_sweep.py's job); {multi} have several")
-    args.s1_sinks = {k: v[0] for k, v in grid.items()}
+    for flag in ("--s1-sinks", "--s2-sinks"):
+        name = flag[2:].replace("-", "_")
+        try:
+            grid = parse_grid(getattr(args, name))
+        except ValueError as err:
+            p.error(f"{flag}: {err}")
+        multi = [k for k, v in grid.items() if len(v) != 1]
+        if multi:
+            p.error(f"{flag} takes one value per field (a sweep is memorization_sweep.py's job); {multi} have several")
+        setattr(args, name, {k: v[0] for k, v in grid.items()})
     scenarios = {x.strip() for x in args.scenarios.split(",") if x.strip()}
     if not scenarios or not scenarios <= set(SCENARIOS):
         p.error(f"--scenarios takes a comma-separated list from {', '.join(SCENARIOS)}; got {args.scenarios!r}")
@@ -95,6 +103,8 @@ def parse_args(argv=None):
         args.seeds = 1 if args.quick else 3
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
+    if args.first_seed < 0:
+        p.error(f"--first-seed must be 0 or more; got {args.first_seed}")
     if args.text and not os.path.isfile(args.text):
         p.error(f"--text {args.text}: no such file")
     if args.base_model and not os.path.isdir(args.base_model):
@@ -177,7 +187,7 @@ def main(argv=None) -> int:
     threads = args.threads or max(1, min(2, os.cpu_count() or 1))
     torch.set_num_threads(threads)
     os.makedirs(args.out, exist_ok=True)
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     s1 = Scenario1Settings.quick() if args.quick else Scenario1Settings()
     s1.sinks = {**s1.sinks, **args.s1_sinks}
     s3 = Scenario3Settings.quick() if args.quick else Scenario3Settings()
@@ -185,6 +195,7 @@ def main(argv=None) -> int:
         s2 = Scenario2Settings.pretrained(args.base_model)
     else:
         s2 = Scenario2Settings.quick() if args.quick else Scenario2Settings()
+    s2.sinks = {**s2.sinks, **args.s2_sinks}
     if args.s2_arms:
         s2.arms = tuple(a.strip() for a in args.s2_arms.split(",") if a.strip())
         scenario2.training_arms(s2)  # fails early on an unknown arm

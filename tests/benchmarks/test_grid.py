@@ -35,6 +35,20 @@ def test_the_benchmark_takes_one_value_per_sinks_field(capsys):
     with pytest.raises(SystemExit):
         memorization.parse_args(["--out", "x", "--s1-sinks", "p_mem=0.05,0.1"])
     assert "one value per field" in capsys.readouterr().err
+    args = memorization.parse_args(["--out", "x", "--s2-sinks", "sink_lr_scale=2"])
+    assert args.s2_sinks == {"sink_lr_scale": 2} and args.s1_sinks == {}
+    with pytest.raises(SystemExit):
+        memorization.parse_args(["--out", "x", "--s2-sinks", "sink_lr_scale=2,4"])
+    assert "--s2-sinks takes one value per field" in capsys.readouterr().err
+
+
+def test_seeds_start_at_first_seed_so_settings_can_be_chosen_apart_from_the_benchmarks_seeds(capsys):
+    args = memorization.parse_args(["--out", "x", "--seeds", "2", "--first-seed", "100"])
+    assert (args.seeds, args.first_seed) == (2, 100)
+    assert memorization.parse_args(["--out", "x"]).first_seed == 0
+    with pytest.raises(SystemExit):
+        memorization.parse_args(["--out", "x", "--first-seed", "-1"])
+    assert "--first-seed must be 0 or more; got -1" in capsys.readouterr().err
 
 
 def test_the_sweep_sets_the_chosen_scenarios_fields_and_refuses_another_scenarios_by_name(tmp_path, capsys):
