@@ -27,6 +27,7 @@ from memsinks.private_tokens import forward_with_private_tokens, normalize_priva
 from memsinks.projection import linear_weight
 from memsinks.routing import SinkRouter
 from memsinks.sink_slices import sink_slices
+from memsinks.sink_learning_rate import SinkLearningRateCheck
 from memsinks.warmup import SinkWarmup
 
 logger = logging.getLogger("memsinks")
@@ -45,6 +46,7 @@ class ForwardWithSequenceIds:
         self.reference = reference
         self.warmup = warmup
         self.checked_trainable = False
+        self.lr_check = SinkLearningRateCheck(model, router.config.sink_lr_scale)
         self.class_forward = type(model).forward
         sig = inspect.signature(self.class_forward)
         params = [p for name, p in sig.parameters.items() if name != "self"]
@@ -82,6 +84,8 @@ class ForwardWithSequenceIds:
             self.checked_trainable = True
             _warn_if_sinks_frozen(model)
         training = model.training and torch.is_grad_enabled()
+        if training:
+            self.lr_check.arm()
         if training and self.warmup is not None:
             if private_mask is None:
                 self.warmup.on_training_forward()
