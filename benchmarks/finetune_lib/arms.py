@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Arm:
-    """One way to fine-tune. ``sinks``: ``SinksConfig`` keyword arguments (None: no sinks)."""
+    """One way to fine-tune. ``sinks``: ``SinksConfig`` keyword arguments (None: no sinks). ``freeze_mlp``: the
+    pretrained MLP weights do not train (attention, norms and embeddings learn the task; appended sinks still train)."""
 
     name: str
     description: str
@@ -22,6 +23,7 @@ class Arm:
     lora: bool = False
     private_mask: bool = False
     dp: bool = False
+    freeze_mlp: bool = False
     tags: tuple[str, ...] = field(default=())
 
     @property
@@ -72,6 +74,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("sinks_pmem01", "defaults with p_mem 0.1", sinks=_sinks(p_mem=0.1), tags=("lever",)),
     Arm("sinks_pool1024_pmem01", "defaults with 1024 sink units per MLP and p_mem 0.1 (about 100 units per record)",
         sinks=_sinks(n_sink_units=1024, p_mem=0.1), tags=("lever",)),
+    Arm("sinks_frozen_mlp", "defaults with the pretrained MLPs frozen: the shared path that learns the task is "
+        "attention, norms and embeddings, and the MLPs change only through the sinks",
+        sinks=_sinks(), freeze_mlp=True, tags=("lever",)),
     Arm("lora_sinks", "LoRA rank 8 on attention as the only shared trainable path, full-width sinks (defaults)",
         lora=True, sinks=_sinks(), tags=("lever",)),
 ]}

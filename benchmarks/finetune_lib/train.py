@@ -45,6 +45,10 @@ def _apply(arm, base, settings):
             name.endswith(n) for name, _ in model.named_modules())]
         model = get_peft_model(model, LoraConfig(r=settings.lora_rank, lora_alpha=2 * settings.lora_rank,
                                                  target_modules=targets, lora_dropout=0.0))
+    if arm.freeze_mlp:  # before the sinks are added, so that only the pretrained units are frozen
+        for name, param in model.named_parameters():
+            if ".mlp." in name:
+                param.requires_grad_(False)
     if arm.has_sinks:
         memsinks.add_sinks(model, memsinks.SinksConfig(**arm.sinks))
     return model

@@ -119,3 +119,15 @@ def test_resume_keeps_measured_arms_and_trains_only_the_new_ones(tmp_path):
     rows = json.loads((out / "results.json").read_text())["per_seed"]["0"]
     assert rows["standard"]["train_seconds"] == -1.0
     assert "sinks_x16/drop" in rows
+
+
+def test_the_frozen_mlp_arm_trains_everything_but_the_pretrained_mlp_units():
+    from finetune_lib import train
+    from memsinks.sink_slices import sink_slices
+    from tests.conftest import tiny_model
+
+    model = train._apply(arms.ARMS["sinks_frozen_mlp"], tiny_model("llama"), settings=None)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(".mlp." in n for n in frozen)
+    assert any("self_attn" in n for n, p in model.named_parameters() if p.requires_grad)
+    assert all(s.param.requires_grad and s.dim is None for s in sink_slices(model))  # the appended units train
