@@ -87,7 +87,7 @@ class SinksConfig(SavedConfig):
         "faster to take the memorization), 1 for 'split' (the paper's setup; under 'split' the pool's rows and "
         "columns of the MLP's own weights are stored divided by it; from scratch, 4 let the sinks take more of "
         "the repeated text at a small held-out cost in benchmarks/results/sweep_lr_scale). The sinks' effective "
-        "learning rate is the optimizer's times this; keep it at or below 1e-2 (at the first step of an Adam-type "
+        "learning rate is the optimizer's times this; keep it at or below 1.5e-2 (at the first step of an Adam-type "
         "optimizer the model warns, with a scale that fits, when it is above).")})
     sink_init: str | None = field(default=None, metadata={"help": (
         "How appended units start ('append' only). 'mirror' (the default): units come in pairs with equal up "
