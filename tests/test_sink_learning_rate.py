@@ -109,3 +109,19 @@ def test_the_suggested_scale_is_the_largest_power_of_two_within_the_limit():
         s = suggested_scale(lr)
         assert lr * s <= MAX_EFFECTIVE_SINK_LR < lr * 2 * s
         memsinks.SinksConfig(placement="append", n_sink_units=4, sink_lr_scale=s)  # a valid setting
+
+
+def test_wrapped_optimizers_are_judged_by_the_one_that_updates_the_weights(caplog):
+    class DPOptimizer:  # the shape of Opacus' and accelerate's wrappers: the real optimizer kept as an attribute
+        def __init__(self, inner):
+            self.original_optimizer = inner
+            self.param_groups = inner.param_groups
+
+    model = _model()
+    check = model.forward.lr_check
+    with caplog.at_level("WARNING", logger="memsinks"):
+        check.judge(DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0)))
+        assert check.done and "sink_lr_scale" not in caplog.text
+        check.done = False
+        check.judge(DPOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3)))
+    assert "0.001 x SinksConfig.sink_lr_scale 32 = 0.032" in caplog.text
