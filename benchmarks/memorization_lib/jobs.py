@@ -35,16 +35,15 @@ class ScenarioRun:
 _TASKS: list[Callable[[], dict]] = []
 
 
-def _run_task(index: int) -> tuple[dict, float]:
-    start = time.perf_counter()
-    out = _TASKS[index]()
-    return out, time.perf_counter() - start
-
-
 def _timed(task: Callable[[], dict]) -> tuple[dict, float]:
     start = time.perf_counter()
     out = task()
     return out, time.perf_counter() - start
+
+
+def _run_task(index: int) -> tuple[dict, float]:
+    """In a worker: the task the parent registered before forking."""
+    return _timed(_TASKS[index])
 
 
 def run_all(runs: list[ScenarioRun], seeds: list[int], jobs: int, threads: int) -> None:
