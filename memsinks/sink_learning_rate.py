@@ -33,11 +33,12 @@ from memsinks.sink_slices import sink_slices
 
 logger = logging.getLogger("memsinks")
 
-#: The highest effective learning rate (the optimizer's times ``sink_lr_scale``) not measured to cost task loss.
-#: Fine: 9.6e-3 (SmolLM2-135M, 3e-4 x 32, benchmarks/results/finetune_isolation) and 1.2e-2 (the memorization
-#: benchmark's scenario 2, 3e-3 x 4, benchmarks/results/sweep_scenario2). Costly: 1.9e-2 (SmolLM2, x64: task
-#: loss 2.52 against 1.91 at x32 on seed 0), 2.4e-2 (scenario 2, x8: held-out loss +6.7% over standard fine-tuning
-#: against -2.6% at x4) and 9.6e-2 (scenario 2, x32: the task lost).
+#: A limit on the effective learning rate (the optimizer's times ``sink_lr_scale``) placed between measured rates.
+#: Below it: 9.6e-3 (SmolLM2-135M, 3e-4 x 32, the append defaults; their cost is in docs/finetuning.md) and 1.2e-2
+#: (the memorization benchmark's scenario 2, 3e-3 x 4: held-out loss 2.6% below standard fine-tuning's,
+#: benchmarks/results/sweep_scenario2). Above it, each costlier than the rate below: 1.9e-2 (SmolLM2, x64: task
+#: loss 2.51 against 1.91 at x32 on seed 0), 2.4e-2 (scenario 2, x8: held-out loss +6.7% over standard's) and
+#: 9.6e-2 (scenario 2, x32: the task lost).
 MAX_EFFECTIVE_SINK_LR = 1.5e-2
 
 
