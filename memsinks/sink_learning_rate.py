@@ -45,12 +45,10 @@ MAX_EFFECTIVE_SINK_LR = 1.5e-2
 def _inner_optimizer(optimizer):
     """The optimizer that really updates the weights, under wrappers that keep it as an attribute
     (accelerate's ``AcceleratedOptimizer.optimizer``, Opacus' ``DPOptimizer.original_optimizer``)."""
-    seen = set()
-    while id(optimizer) not in seen:
-        seen.add(id(optimizer))
+    for _ in range(8):  # wrappers nest a level or two; the bound keeps a wrapper that points back from looping
         inner = getattr(optimizer, "original_optimizer", None) or getattr(optimizer, "optimizer", None)
-        if inner is None or not hasattr(inner, "param_groups"):
-            return optimizer
+        if inner is None or inner is optimizer or not hasattr(inner, "param_groups"):
+            break
         optimizer = inner
     return optimizer
 
@@ -105,8 +103,7 @@ class SinkLearningRateCheck:
         if effective > MAX_EFFECTIVE_SINK_LR:
             logger.warning(
                 f"The sinks train at learning rate {rate:g} x SinksConfig.sink_lr_scale {self.scale:g} = "
-                f"{effective:.3g}, "
-                f"above {MAX_EFFECTIVE_SINK_LR:g}: at such rates the sinks have taken the task from the shared units, "
+                f"{effective:.3g}, above {MAX_EFFECTIVE_SINK_LR:g}: at such rates the sinks have taken the task from the shared units, "
                 f"and the model with the sinks dropped (the one you ship) lost it. Set "
                 f"SinksConfig(sink_lr_scale={suggested_scale(rate):g}) (the largest power of two that keeps it at or "
                 f"below {MAX_EFFECTIVE_SINK_LR:g}) or lower the learning rate.")
