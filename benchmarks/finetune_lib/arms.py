@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Arm:
     """One way to fine-tune. ``sinks``: ``SinksConfig`` keyword arguments (None: no sinks). ``freeze_mlp``: the
-    pretrained MLP weights do not train (attention, norms and embeddings learn the task; appended sinks still train)."""
+    pretrained MLP weights do not train (attention, norms and embeddings learn the task; appended sinks still train).
+    ``mask_private_labels``: the tokens ``private_mask`` marks get label -100 (no loss) and the mask goes no
+    further: what a practitioner with the same marks does without sinks."""
 
     name: str
     description: str
@@ -24,11 +26,16 @@ class Arm:
     private_mask: bool = False
     dp: bool = False
     freeze_mlp: bool = False
+    mask_private_labels: bool = False
     tags: tuple[str, ...] = field(default=())
 
     @property
     def has_sinks(self) -> bool:
         return self.sinks is not None
+
+    def __post_init__(self):
+        if self.mask_private_labels and not self.private_mask:
+            raise ValueError(f"Arm {self.name!r}: mask_private_labels needs private_mask=True (the marks it masks).")
 
 
 def _sinks(**overrides) -> dict:
@@ -47,6 +54,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         "8-step sinks-first warm-up)", sinks=_sinks(), tags=("headline",)),
     Arm("sinks_private", "append sinks, defaults, private_mask from mark_private_spans' default patterns",
         sinks=_sinks(), private_mask=True, tags=("headline",)),
+    Arm("masked_private", "full fine-tuning with the tokens mark_private_spans marks given no loss (label -100), "
+        "no sinks", private_mask=True, mask_private_labels=True, tags=("headline",)),
     Arm("sinks_private_marginal", "append sinks, defaults, private_mask, and the shipped model trained toward the "
         "batch's pooled private tokens at private positions (private_token_target='batch_marginal')",
         sinks=_sinks(private_token_target="batch_marginal"), private_mask=True, tags=("lever",)),

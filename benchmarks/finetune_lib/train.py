@@ -14,7 +14,8 @@ from memsinks._trainer_setup import experiment_arguments, sinks_trainer
 
 
 def training_dataset(data, tokenizer, arm) -> datasets.Dataset:
-    """The training rows with their record IDs; a ``private_mask`` column from ``mark_private_spans`` if the arm uses one."""
+    """The training rows with their record IDs; a ``private_mask`` column from ``mark_private_spans`` if the arm uses one
+    (turned into ``labels`` with -100 at the marked tokens if the arm masks them instead)."""
     rows = data.training_rows()
     ds = datasets.Dataset.from_dict({
         "input_ids": [r.tokens for r in rows],
@@ -22,6 +23,8 @@ def training_dataset(data, tokenizer, arm) -> datasets.Dataset:
     })
     if arm.private_mask:
         ds = memsinks.mark_private_spans(ds, tokenizer)
+    if arm.mask_private_labels:
+        ds = ds.map(lambda row: {"labels": [-100 if m else t for t, m in zip(row["input_ids"], row["private_mask"])]})
     return ds
 
 
