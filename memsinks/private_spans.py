@@ -18,14 +18,17 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from memsinks.data import PRIVATE_MASK
 
+# an ISO date (2024-05-01) has the shape of a dashed number; the number patterns skip it
+_NOT_ISO_DATE = r"(?!\d{4}-\d{2}-\d{2}(?![\d-]))"
+
 #: The default patterns: what fine-tuning data most often holds that nobody may extract.
 DEFAULT_PATTERNS: dict[str, str] = {
     # an email address
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
     # a phone number: optional +country, digits in groups separated by spaces, dots, dashes or brackets
-    "phone": r"(?<![\w])\+?\(?\d{1,4}\)?(?:[\s.-]?\(?\d{2,4}\)?){2,5}(?![\w])",
+    "phone": r"(?<![\w])" + _NOT_ISO_DATE + r"\+?\(?\d{1,4}\)?(?:[\s.-]?\(?\d{2,4}\)?){2,5}(?![\w])",
     # any run of 6 or more digits, possibly grouped by single spaces or dashes (accounts, IDs, cards)
-    "digits": r"(?<!\d)\d(?:[ -]?\d){5,}(?!\d)",
+    "digits": r"(?<!\d)" + _NOT_ISO_DATE + r"\d(?:[ -]?\d){5,}(?!\d)",
 }
 _MIN_PHONE_DIGITS = 7
 
@@ -34,8 +37,9 @@ def find_private_spans(text: str, patterns: Mapping[str, str] | Sequence[str] | 
     """Character spans ``[start, end)`` of ``text`` matched by any of ``patterns``, merged and sorted.
 
     ``patterns`` maps names to regular expressions (or is a list of them); ``None`` means
-    ``DEFAULT_PATTERNS``. A ``phone`` match needs at least 7 digits, so dates and prices do
-    not count as phone numbers.
+    ``DEFAULT_PATTERNS``. A ``phone`` match needs at least 7 digits, so prices and dates written
+    with slashes do not count as phone numbers, and an ISO date (``2024-05-01``) is skipped by
+    both number patterns.
     """
     compiled = _compile(patterns)
     spans = []

@@ -36,6 +36,12 @@ def test_an_email_and_a_grouped_account_number_are_marked_dates_and_amounts_are_
     assert _marked(tokenizer, TEXTS[2]).replace(" ", "") == "440288179931"
 
 
+def test_an_iso_date_is_not_a_number_to_hide_but_a_longer_dashed_id_is():
+    assert find_private_spans("seen on 2024-05-01, again 2024-05-02.") == []
+    text = "claim 2024-05-01-7788 and card 4402-8817-9931"
+    assert [text[a:b] for a, b in find_private_spans(text)] == ["2024-05-01-7788", "4402-8817-9931"]
+
+
 def test_user_patterns_and_user_spans_replace_the_defaults(tokenizer):
     assert _marked(tokenizer, TEXTS[0], patterns={"name": r"Anna Keller"}).strip() == "Anna Keller"
     start = TEXTS[2].index("invoice")
