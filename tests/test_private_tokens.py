@@ -123,6 +123,37 @@ def test_with_num_items_in_batch_both_parts_are_divided_by_it():
     assert torch.allclose(out, ref, atol=1e-6)
 
 
+def test_the_shipped_model_is_the_base_model_fine_tuned_with_the_private_tokens_labels_masked():
+    """With append sinks, the public pass is the base model itself (sinks dropped), so after any number of steps
+    the model without its sinks is what plain fine-tuning with label -100 on the private tokens gives."""
+    import copy
+
+    shape = DecoderShape(family="llama", n_layer=2, n_embd=32, n_head=2, intermediate=64, n_kv_heads=1, dropout=0.0)
+    base = build_decoder(shape, 128, seed=0, token_id=0)
+    plain = copy.deepcopy(base).train()
+    with_sinks = memsinks.add_sinks(copy.deepcopy(base), memsinks.SinksConfig(
+        placement="append", n_sink_units=16)).train()  # the default warm-up: skipped for marked batches
+    unmasked = copy.deepcopy(base).train()
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0) for m in (plain, with_sinks, unmasked)]
+    for step in range(4):
+        x, ids, private = _batch(seed=step)
+        n = int((x[:, 1:] != -100).sum())  # the Trainer's num_items_in_batch: every labelled token of the batch
+        losses = [plain(x, labels=x.masked_fill(private.bool(), -100), num_items_in_batch=n).loss,
+                  with_sinks(x, labels=x, sequence_ids=ids, private_mask=private, num_items_in_batch=n).loss,
+                  unmasked(x, labels=x, num_items_in_batch=n).loss]
+        for loss, opt in zip(losses, optimizers):
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    x = token_batch(shape=(2, 16), seed=99)
+    with torch.no_grad(), memsinks.sinks_mode(with_sinks, "drop"):
+        shipped = with_sinks.eval()(x).logits
+        want = plain.eval()(x).logits
+        other = unmasked.eval()(x).logits
+    assert torch.allclose(shipped, want, atol=1e-5)
+    assert not torch.allclose(shipped, other, atol=1e-3)  # the private tokens' loss did not reach it
+
+
 def test_outside_training_the_mask_is_ignored():
     model = _model("llama", "append").eval()
     x, ids, private = _batch()
