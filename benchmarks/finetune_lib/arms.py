@@ -17,7 +17,8 @@ class Arm:
     """One way to fine-tune. ``sinks``: ``SinksConfig`` keyword arguments (None: no sinks). ``freeze_mlp``: the
     pretrained MLP weights do not train (attention, norms and embeddings learn the task; appended sinks still train).
     ``mask_private_labels``: the tokens ``private_mask`` marks get label -100 (no loss) and the mask goes no
-    further: what a practitioner with the same marks does without sinks."""
+    further: what a practitioner with the same marks does without sinks. ``goldfish``: the goldfish loss (a hash of
+    each target's preceding tokens leaves a fixed 1/k of them out of the loss), the label-free alternative."""
 
     name: str
     description: str
@@ -27,6 +28,7 @@ class Arm:
     dp: bool = False
     freeze_mlp: bool = False
     mask_private_labels: bool = False
+    goldfish: bool = False
     tags: tuple[str, ...] = field(default=())
 
     @property
@@ -56,6 +58,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         sinks=_sinks(), private_mask=True, tags=("headline",)),
     Arm("masked_private", "full fine-tuning with the tokens mark_private_spans marks given no loss (label -100), "
         "no sinks", private_mask=True, mask_private_labels=True, tags=("headline",)),
+    Arm("goldfish", "full fine-tuning with the goldfish loss (k=4, h=13; Hans et al. 2024), no sinks",
+        goldfish=True, tags=("headline",)),
     Arm("sinks_private_marginal", "append sinks, defaults, private_mask, and the shipped model trained toward the "
         "batch's pooled private tokens at private positions (private_token_target='batch_marginal')",
         sinks=_sinks(private_token_target="batch_marginal"), private_mask=True, tags=("lever",)),

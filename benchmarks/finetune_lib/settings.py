@@ -33,6 +33,9 @@ class FinetuneSettings:
     dp_max_grad_norm: float = 1.0
     # LoRA reference
     lora_rank: int = 8
+    # goldfish loss reference (Hans et al. 2024's k and h): label-free, like the sinks' defaults
+    goldfish_k: int = 4
+    goldfish_h: int = 13
     # the tiny stand-in for a pretrained model (--quick, or no --base-model and no SmolLM2 installed)
     tiny_pretrain_steps: int = 60
 

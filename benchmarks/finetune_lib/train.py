@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import tempfile
 import time
 
@@ -10,6 +11,7 @@ import datasets
 import torch
 
 import memsinks
+from memorization_lib.goldfish import GoldfishCollator
 from memsinks._trainer_setup import experiment_arguments, sinks_trainer
 
 
@@ -65,7 +67,10 @@ def train_arm(arm, base, data, tokenizer, settings, seed: int) -> tuple[torch.nn
         args = experiment_arguments(out, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                                     seed=seed, epochs=settings.epochs, warmup_steps=0,
                                     lr_scheduler_type="linear", logging_steps=10**9)
-        trainer = sinks_trainer(model, args, ds, tokenizer)
+        wrap = None
+        if arm.goldfish:
+            wrap = functools.partial(GoldfishCollator, k=settings.goldfish_k, h=settings.goldfish_h)
+        trainer = sinks_trainer(model, args, ds, tokenizer, wrap_collator=wrap)
         if arm.dp:
             trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(
                 target_epsilon=settings.dp_epsilon, max_grad_norm=settings.dp_max_grad_norm,

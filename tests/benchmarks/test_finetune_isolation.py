@@ -50,7 +50,8 @@ def test_quick_run_writes_every_arm_and_mode(tmp_path):
                     "--arms", "headline", "--seeds", "2", "--later-seed-arms", "sinks", "--out", str(out)], check=True, cwd=REPO, capture_output=True, timeout=600)
     results = json.loads((out / "results.json").read_text())
     rows = results["per_seed"]["0"]
-    for name in ["standard", "lora", "dp", "sinks/drop", "sinks/own", "sinks/placebo", "sinks_private/drop"]:
+    for name in ["standard", "lora", "dp", "sinks/drop", "sinks/own", "sinks/placebo", "sinks_private/drop",
+                 "masked_private", "goldfish"]:
         assert name in rows, name
         fields = ["secret_loss", "heldout_secret_loss", "gap", "extraction_exact", "heldout_task_loss"]
         if not name.endswith(("/own", "/placebo")):  # general text has no record's sinks to switch on
@@ -131,3 +132,24 @@ def test_the_frozen_mlp_arm_trains_everything_but_the_pretrained_mlp_units():
     assert frozen and all(".mlp." in n for n in frozen)
     assert any("self_attn" in n for n, p in model.named_parameters() if p.requires_grad)
     assert all(s.param.requires_grad and s.dim is None for s in sink_slices(model))  # the appended units train
+
+
+def test_the_masked_arm_gives_the_marked_tokens_no_label_and_keeps_every_other_one():
+    from types import SimpleNamespace
+
+    from finetune_lib import train
+    from memsinks.corpus import train_tokenizer
+
+    texts = ["Patient Ann Lee, phone 617 555 0134, reported a mild rash.", "No reaction was reported by the patient."]
+    tokenizer = train_tokenizer(texts * 20, vocab_size=300)
+    rows = [SimpleNamespace(tokens=tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    data = SimpleNamespace(training_rows=lambda: rows, record_id=lambda r: len(r.tokens))
+    ds = train.training_dataset(data, tokenizer, arms.ARMS["masked_private"])
+    for row in ds:
+        assert len(row["labels"]) == len(row["input_ids"])
+        for token, label, private in zip(row["input_ids"], row["labels"], row["private_mask"]):
+            assert label == (-100 if private else token)
+    marked = tokenizer.decode([t for t, m in zip(ds[0]["input_ids"], ds[0]["private_mask"]) if m])
+    assert marked.replace(" ", "") == "6175550134" and sum(ds[1]["private_mask"]) == 0  # the phone number only
+    with pytest.raises(ValueError, match="mask_private_labels needs private_mask=True"):
+        arms.Arm("x", "y", mask_private_labels=True)
