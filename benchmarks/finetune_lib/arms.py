@@ -18,7 +18,10 @@ class Arm:
     pretrained MLP weights do not train (attention, norms and embeddings learn the task; appended sinks still train).
     ``mask_private_labels``: the tokens ``private_mask`` marks get label -100 (no loss) and the mask goes no
     further: what a practitioner with the same marks does without sinks. ``goldfish``: the goldfish loss (a hash of
-    each target's preceding tokens leaves a fixed 1/k of them out of the loss), the label-free alternative."""
+    each target's preceding tokens leaves a fixed 1/k of them out of the loss), the label-free alternative.
+    ``decay_to_base``: after every optimizer step the shared (non-sink) trainable parameters move back toward their
+    pretrained values by ``lr * decay_to_base`` of the distance (decoupled, as AdamW decays toward zero), so what no
+    gradient keeps up, such as a secret the sinks now fit, fades from the shipped model."""
 
     name: str
     description: str
@@ -29,6 +32,7 @@ class Arm:
     freeze_mlp: bool = False
     mask_private_labels: bool = False
     goldfish: bool = False
+    decay_to_base: float = 0.0
     tags: tuple[str, ...] = field(default=())
 
     @property
@@ -90,6 +94,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("sinks_frozen_mlp", "defaults with the pretrained MLPs frozen: the shared path that learns the task is "
         "attention, norms and embeddings, and the MLPs change only through the sinks",
         sinks=_sinks(), freeze_mlp=True, tags=("lever",)),
+    Arm("sinks_decay50", "defaults, and the shared parameters decayed toward the pretrained ones (rate 50 x lr)",
+        sinks=_sinks(), decay_to_base=50.0, tags=("lever",)),
     Arm("lora_sinks", "LoRA rank 8 on attention as the only shared trainable path, full-width sinks (defaults)",
         lora=True, sinks=_sinks(), tags=("lever",)),
 ]}

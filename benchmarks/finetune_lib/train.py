@@ -9,10 +9,12 @@ import time
 
 import datasets
 import torch
+from transformers import TrainerCallback
 
 import memsinks
 from memorization_lib.goldfish import GoldfishCollator
 from memsinks._trainer_setup import experiment_arguments, sinks_trainer
+from memsinks.sink_slices import sink_slices
 
 
 def training_dataset(data, tokenizer, arm) -> datasets.Dataset:
@@ -59,6 +61,33 @@ def _apply(arm, base, settings):
     return model
 
 
+class DecayToBase(TrainerCallback):
+    """After each optimizer step, ``theta -= lr * rate * (theta - theta_0)`` for the trainable parameters that are not
+    sinks (``theta_0``: their values when training began): decoupled decay toward the pretrained model."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.handle = None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        sinks = {id(s.param) for s in sink_slices(model)}
+        start = {id(p): p.detach().clone() for p in model.parameters() if p.requires_grad and id(p) not in sinks}
+        inner = getattr(optimizer, "optimizer", optimizer)
+
+        @torch.no_grad()
+        def decay(opt, *_):
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) in start:
+                        p.sub_(p - start[id(p)], alpha=group["lr"] * self.rate)
+
+        self.handle = inner.register_step_post_hook(decay)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.handle is not None:
+            self.handle.remove()
+
+
 def train_arm(arm, base, data, tokenizer, settings, seed: int) -> tuple[torch.nn.Module, dict]:
     """(the fine-tuned model, training statistics: tokens/s, steps, final loss, private-mask coverage)."""
     model = _apply(arm, base, settings)
@@ -70,7 +99,8 @@ def train_arm(arm, base, data, tokenizer, settings, seed: int) -> tuple[torch.nn
         wrap = None
         if arm.goldfish:
             wrap = functools.partial(GoldfishCollator, k=settings.goldfish_k, h=settings.goldfish_h)
-        trainer = sinks_trainer(model, args, ds, tokenizer, wrap_collator=wrap)
+        callbacks = [DecayToBase(arm.decay_to_base)] if arm.decay_to_base else None
+        trainer = sinks_trainer(model, args, ds, tokenizer, wrap_collator=wrap, callbacks=callbacks)
         if arm.dp:
             trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(
                 target_epsilon=settings.dp_epsilon, max_grad_norm=settings.dp_max_grad_norm,
