@@ -11,6 +11,13 @@ in the shipped model once the sinks are gone (measured: the shipped model's loss
 rose to about 15 nats per token). The public tokens therefore get no help from the sinks: a
 repeated public span is memorized as in plain fine-tuning.
 
+So the shipped model owes nothing to the sinks: with ``append`` placement, where dropping the
+sinks leaves the pretrained architecture, it is exactly what plain fine-tuning gives with the
+private tokens' labels set to -100, but for each batch's weight (the loss is divided by all its
+labelled tokens, private ones included) and for gradient clipping, whose norm includes the sinks'
+gradients. What the two passes add is the sinks' copy of the private content, which ``own``
+mode reads back.
+
 One backward cannot split a loss's gradient by parameter, so the training forward runs the
 model twice on the same batch:
 

@@ -153,3 +153,35 @@ def test_the_masked_arm_gives_the_marked_tokens_no_label_and_keeps_every_other_o
     assert marked.replace(" ", "") == "6175550134" and sum(ds[1]["private_mask"]) == 0  # the phone number only
     with pytest.raises(ValueError, match="mask_private_labels needs private_mask=True"):
         arms.Arm("x", "y", mask_private_labels=True)
+
+
+def test_decay_to_base_pulls_only_the_shared_parameters_back_by_lr_times_rate_after_each_step():
+    import copy
+
+    import torch
+
+    import memsinks
+    from finetune_lib.train import DecayToBase
+    from memsinks.sink_slices import sink_slices
+    from tests.conftest import tiny_model
+
+    config = memsinks.SinksConfig(placement="append", n_sink_units=16, sink_warmup_steps=0)
+    model = memsinks.add_sinks(tiny_model("llama"), config).train()
+    twin = copy.deepcopy(model)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt, twin_opt = (torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0) for m in (model, twin))
+    callback = DecayToBase(rate=30.0)
+    callback.on_train_begin(None, None, None, model=model, optimizer=opt)
+    x = torch.randint(1, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    for m, o in ((model, opt), (twin, twin_opt)):
+        m(x, labels=x, sequence_ids=torch.tensor([1, 2])).loss.backward()
+        o.step()
+    sinks = {id(s.param) for s in sink_slices(model)}
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        if id(p) in sinks:
+            assert torch.equal(p, q), name
+        else:  # the plain step, then 30 x 1e-2 of the way back to where training began
+            want = q - 0.3 * (q - start[name])
+            assert torch.allclose(p, want, atol=1e-7), name
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+    callback.on_train_end(None, None, None)
