@@ -63,7 +63,8 @@ def _apply(arm, base, settings):
 
 class DecayToBase(TrainerCallback):
     """After each optimizer step, ``theta -= lr * rate * (theta - theta_0)`` for the trainable parameters that are not
-    sinks (``theta_0``: their values when training began): decoupled decay toward the pretrained model."""
+    sinks (``theta_0``: their values when training began): decoupled decay toward the pretrained model. A tensor that
+    holds sink slices (``split`` placement) is left alone whole; the benchmark appends its sinks."""
 
     def __init__(self, rate: float):
         self.rate = rate
