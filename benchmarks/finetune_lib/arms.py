@@ -96,6 +96,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         sinks=_sinks(), freeze_mlp=True, tags=("lever",)),
     Arm("sinks_decay50", "defaults, and the shared parameters decayed toward the pretrained ones (rate 50 x lr)",
         sinks=_sinks(), decay_to_base=50.0, tags=("lever",)),
+    Arm("sinks_decay150", "defaults, and the shared parameters decayed toward the pretrained ones (rate 150 x lr)",
+        sinks=_sinks(), decay_to_base=150.0, tags=("lever",)),
     Arm("lora_sinks", "LoRA rank 8 on attention as the only shared trainable path, full-width sinks (defaults)",
         lora=True, sinks=_sinks(), tags=("lever",)),
 ]}
