@@ -208,8 +208,14 @@ def forward_with_private_tokens(
     n_private = _count(private)
     slices = [s for s in slices if s.param.requires_grad]
     params = [s.param for s in slices]
-    if n_private == 0 or not params:
+    if n_private == 0:  # nothing private here: the public pass alone, still without the sinks
+        drop_sinks()
         return run_forward(**kwargs)
+    if not params:
+        raise ValueError(
+            "The batch marks private tokens but none of the model's sink parameters is trainable, so their loss "
+            "could only train the shared parameters, the ones you ship. Make the sinks trainable (with peft, call "
+            "memsinks.add_sinks after get_peft_model), or drop the private_mask column to train on every token.")
     n_public = _count(public)
     given = kwargs.get("num_items_in_batch") is not None
     total = n_public + n_private

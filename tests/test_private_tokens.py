@@ -274,3 +274,29 @@ def test_batch_marginal_adds_the_pooled_target_to_the_shipped_models_gradient_on
 def test_an_unknown_private_token_target_is_refused():
     with pytest.raises(ValueError, match="private_token_target must be one of"):
         memsinks.SinksConfig(placement="append", n_sink_units=16, private_token_target="uniform")
+
+
+def test_a_batch_with_a_mask_but_no_private_token_still_trains_the_shared_parameters_without_the_sinks():
+    model = _model("llama", "append")
+    with torch.no_grad():  # trained sinks, so that a pass with them on would give other gradients
+        for s in sink_slices(model):
+            s.param.add_(s.keep(torch.randn_like(s.param)) * 0.05)
+    x, ids, _ = _batch()
+    with memsinks.sinks_mode(model, "drop"):
+        model(x, labels=x, sequence_ids=ids).loss.backward()
+    want = _grads(model)
+    model(x, labels=x, sequence_ids=ids, private_mask=torch.zeros_like(x)).loss.backward()
+    sinks = _is_sink(model)
+    for name, g in _grads(model).items():
+        assert torch.allclose(g, want[name], atol=1e-6), name
+        if sinks[name] is not None:
+            assert not g.any(), name  # the sinks learn only from private tokens
+
+
+def test_private_tokens_with_every_sink_frozen_are_refused_rather_than_trained_into_the_shared_parameters():
+    model = _model("llama", "append")
+    for s in sink_slices(model):
+        s.param.requires_grad_(False)
+    x, ids, private = _batch()
+    with pytest.raises(ValueError, match="none of the model's sink parameters is trainable"):
+        model(x, labels=x, sequence_ids=ids, private_mask=private)
