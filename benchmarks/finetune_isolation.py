@@ -8,8 +8,8 @@ appointment notes with phone numbers, support tickets with emails, wire instruct
 account numbers), some records repeated 1, 4 or 16 times, once per arm with the same data,
 steps and learning rate: full fine-tuning, LoRA on attention, DP-SGD, the goldfish loss, full
 fine-tuning with the marked tokens' labels masked, appended sinks with each lever alone and with
-the defaults, with and without a ``private_mask`` from ``memsinks.mark_private_spans``. Per arm: the members' secret loss against held-out records'
-(the gap), with the sinks dropped, in the record's own sinks and in another record's (placebo);
+the defaults, with and without a ``private_mask`` from ``memsinks.mark_private_spans``. Per arm:
+the members' secret loss against held-out records' (the gap), with the sinks dropped, in the record's own sinks and in another record's (placebo);
 greedy extraction; exposure; the task learned (held-out records' other tokens); general text
 (``--general-text``: tiny Shakespeare beside the checkout, else the embedded stories); step time
 against standard fine-tuning, measured by alternating steps in one run. Writes
