@@ -9,10 +9,11 @@ account numbers), some records repeated 1, 4 or 16 times, once per arm with the 
 steps and learning rate: full fine-tuning, LoRA on attention, DP-SGD, the goldfish loss, full
 fine-tuning with the marked tokens' labels masked, appended sinks with each lever alone and with
 the defaults, with and without a ``private_mask`` from ``memsinks.mark_private_spans``. Per arm:
-the members' secret loss against held-out records' (the gap), with the sinks dropped, in the record's own sinks and in another record's (placebo);
-greedy extraction; exposure; the task learned (held-out records' other tokens); general text
-(``--general-text``: tiny Shakespeare beside the checkout, else the embedded stories); step time
-against standard fine-tuning, measured by alternating steps in one run. Writes
+the members' secret loss against held-out records' (the gap), with the sinks dropped, in the
+record's own sinks and in another record's (placebo); greedy extraction; exposure; the task
+learned (held-out records' other tokens); general text (``--general-text``: tiny Shakespeare
+beside the checkout, else the embedded stories); step time against standard fine-tuning,
+measured by alternating steps in one run. Writes
 ``results.json``, ``results.md`` and ``tradeoff.png`` into DIR.
 
 ``--quick`` runs the pipeline end to end on a tiny Llama pretrained here for a few steps (the
