@@ -103,7 +103,7 @@ class SinkLearningRateCheck:
         if effective > MAX_EFFECTIVE_SINK_LR:
             logger.warning(
                 f"The sinks train at learning rate {rate:g} x SinksConfig.sink_lr_scale {self.scale:g} = "
-                f"{effective:.3g}, above {MAX_EFFECTIVE_SINK_LR:g}: at such rates the sinks have taken the task from the shared units, "
-                f"and the model with the sinks dropped (the one you ship) lost it. Set "
+                f"{effective:.3g}, above {MAX_EFFECTIVE_SINK_LR:g}: at such rates the sinks have taken the task "
+                f"from the shared units, and the model with the sinks dropped (the one you ship) lost it. Set "
                 f"SinksConfig(sink_lr_scale={suggested_scale(rate):g}) (the largest power of two that keeps it at or "
                 f"below {MAX_EFFECTIVE_SINK_LR:g}) or lower the learning rate.")

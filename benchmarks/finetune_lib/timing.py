@@ -59,9 +59,7 @@ def step_time_ratios(arms, base, data, tokenizer, settings, steps: int) -> dict[
         kwargs = {"input_ids": x, "labels": labels}
         if arm.has_sinks:
             kwargs["sequence_ids"] = ids
-        if arm.mask_private_labels:
-            kwargs["labels"] = labels.masked_fill(private.bool(), -100)
-        elif arm.private_mask:
+        if arm.private_mask:
             kwargs["private_mask"] = private
         runs[arm.name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0), kwargs, [])
     names = list(runs)

@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 import memsinks
 from memorization_lib.goldfish import GoldfishCollator
 from memsinks._trainer_setup import experiment_arguments, sinks_trainer
+from memsinks.sink_learning_rate import _inner_optimizer
 from memsinks.sink_slices import sink_slices
 
 
@@ -73,7 +74,7 @@ class DecayToBase(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         sinks = {id(s.param) for s in sink_slices(model)}
         start = {id(p): p.detach().clone() for p in model.parameters() if p.requires_grad and id(p) not in sinks}
-        inner = getattr(optimizer, "optimizer", optimizer)
+        inner = _inner_optimizer(optimizer)
 
         @torch.no_grad()
         def decay(opt, *_):
