@@ -98,6 +98,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         sinks=_sinks(), decay_to_base=50.0, tags=("lever",)),
     Arm("sinks_decay150", "defaults, and the shared parameters decayed toward the pretrained ones (rate 150 x lr)",
         sinks=_sinks(), decay_to_base=150.0, tags=("lever",)),
+    Arm("sinks_warm4_decay20", "defaults with a 4-step warm-up (task kept, on 3 seeds) and the shared parameters "
+        "decayed toward the pretrained ones at rate 20 x lr (general text kept, on 3 seeds at rate 50)",
+        sinks=_sinks(sink_warmup_steps=4), decay_to_base=20.0, tags=("lever",)),
     Arm("lora_sinks", "LoRA rank 8 on attention as the only shared trainable path, full-width sinks (defaults)",
         lora=True, sinks=_sinks(), tags=("lever",)),
 ]}

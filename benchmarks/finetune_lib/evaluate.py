@@ -1,7 +1,8 @@
 """What one fine-tuned model learned and memorized, through ``memsinks.probes``.
 
 Per repetition group: the mean loss on the secrets' tokens and greedy extraction of the
-secret from the record before it. On held-out records: the loss on their secrets (what no
+secret from the record before it, also per record in the group's order (which record a
+mean hides, e.g. one the sinks' warm-up never showed). On held-out records: the loss on their secrets (what no
 memorization gives) and on their other tokens (the task learned). On general text: the loss
 the base model had and fine-tuning may have destroyed. Exposure of numeric secrets among all
 digit strings of their length (skew-normal estimate from sampled candidates).
@@ -29,6 +30,11 @@ def _ids(data, records, mode):
         ids = [data.record_id(r) for r in records]
         return ids[1:] + ids[:1]
     return None
+
+
+def _per_record_means(nlls: list[np.ndarray], masks: list[list[int]]) -> list[float]:
+    """Each record's mean NLL over the tokens its mask marks (nan where it marks none)."""
+    return [_masked_mean([nll], [mask]) for nll, mask in zip(nlls, masks)]
 
 
 def _masked_mean(nlls: list[np.ndarray], masks: list[list[int]]) -> float:
@@ -84,6 +90,8 @@ def evaluate(model, data, tokenizer, settings, mode: str | None) -> dict:
             hits = _extracted(model, records, ids, pad)
             out["groups"][str(repeats)] = {
                 "secret_loss": _masked_mean(nlls, [r.secret for r in records]),
+                "secret_loss_per_record": _per_record_means(nlls, [r.secret for r in records]),
+                "extracted_per_record": [bool(h) for h in hits],
                 "extraction_exact": float(np.mean(hits)),
                 "extracted": int(sum(hits)),
             }

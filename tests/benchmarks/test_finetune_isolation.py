@@ -59,6 +59,11 @@ def test_quick_run_writes_every_arm_and_mode(tmp_path):
         for field in fields:
             assert isinstance(rows[name][field], (int, float)), (name, field)
     assert rows["standard"]["gap_closed"] == 0.0
+    for name in ["standard", "sinks/drop"]:  # each record's own figures add up to its group's
+        for group in rows[name]["groups"].values():
+            per_record, hits = group["secret_loss_per_record"], group["extracted_per_record"]
+            assert len(per_record) == len(hits) > 0 and sum(hits) == group["extracted"]
+            assert min(per_record) <= group["secret_loss"] <= max(per_record)
     later = results["per_seed"]["1"]  # the later seed runs only the named arms and the standard reference
     assert set(later) == {"standard", "sinks/drop", "sinks/own", "sinks/placebo"}
     assert results["summary"]["sinks/drop"]["seeds"] == 2 and results["summary"]["lora"]["seeds"] == 1
