@@ -1,11 +1,12 @@
 """What one fine-tuned model learned and memorized, through ``memsinks.probes``.
 
 Per repetition group: the mean loss on the secrets' tokens and greedy extraction of the
-secret from the record before it, also per record in the group's order (which record a
-mean hides, e.g. one the sinks' warm-up never showed). On held-out records: the loss on their secrets (what no
-memorization gives) and on their other tokens (the task learned). On general text: the loss
-the base model had and fine-tuning may have destroyed. Exposure of numeric secrets among all
-digit strings of their length (skew-normal estimate from sampled candidates).
+secret from the record before it, also per record in the group's order (what a mean hides,
+e.g. whether the record the sinks' warm-up never showed is the one memorized). On held-out
+records: the loss on their secrets (what no memorization gives) and on their other tokens
+(the task learned). On general text: the loss the base model had and fine-tuning may have
+destroyed. Exposure of numeric secrets among all digit strings of their length (skew-normal
+estimate from sampled candidates).
 
 A model with sinks is scored in one sinks mode at a time: ``drop`` (the shipped model),
 ``own`` (each record in its own sinks) or ``placebo`` (each record in the sinks of another
@@ -88,9 +89,10 @@ def evaluate(model, data, tokenizer, settings, mode: str | None) -> dict:
             ids = _ids(data, records, mode)
             nlls = token_nlls(model, [r.tokens for r in records], ids, pad_token_id=pad)
             hits = _extracted(model, records, ids, pad)
+            secrets = [r.secret for r in records]
             out["groups"][str(repeats)] = {
-                "secret_loss": _masked_mean(nlls, [r.secret for r in records]),
-                "secret_loss_per_record": _per_record_means(nlls, [r.secret for r in records]),
+                "secret_loss": _masked_mean(nlls, secrets),
+                "secret_loss_per_record": _per_record_means(nlls, secrets),
                 "extracted_per_record": [bool(h) for h in hits],
                 "extraction_exact": float(np.mean(hits)),
                 "extracted": int(sum(hits)),
