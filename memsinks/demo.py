@@ -101,7 +101,17 @@ def evaluate(model, evals: dict, pad: int, secret_tokens: int) -> dict:
 
 
 def run_demo(settings: DemoSettings, output_dir: str | None = None, echo=print) -> dict:
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
+    """Train the demo's two models and print their table. Uses at most 8 of the caller's torch threads (the model is
+    tiny; more threads only contend) and gives the caller back its own thread count afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, 8))
+    try:
+        return _run_demo(settings, output_dir, echo)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(settings: DemoSettings, output_dir: str | None, echo) -> dict:
     tok, ds, evals = build_data(settings)
     what = f"windows of {settings.data}" if settings.data else "stories"
     echo(f"demo: {len(ds)} training sequences ({settings.n_repeated} {what} and {settings.n_canaries} canaries "

@@ -12,8 +12,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
-# one thread: tiny models gain little from more, and tests that start subprocesses would oversubscribe
+# one thread: tiny models gain little from more, and the two workers of `make test` (and the subprocesses tests
+# start) share two cores, where extra threads spin against each other and slow the whole suite several times over
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Give every test the one thread, whatever an earlier test in this worker set."""
+    torch.set_num_threads(1)
 
 
 def tiny_model(family: str, vocab: int = 128, hidden: int = 32, layers: int = 2, inner: int = 64, seed: int = 0):

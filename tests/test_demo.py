@@ -17,8 +17,12 @@ def test_version_and_help(capsys):
 
 
 def test_quick_demo_prints_the_table_and_writes_json(tmp_path, capsys):
+    import torch
+
     out = tmp_path / "demo.json"
+    threads = torch.get_num_threads()
     assert main(["demo", "--quick", "--json", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # the caller's thread count, not the demo's, afterwards
     printed = capsys.readouterr().out
     for row in ("repeated sequences", "canary secrets", "held-out sequences", "sinks dropped"):
         assert row in printed
