@@ -3,6 +3,9 @@
 Every arm sees the same records, steps and learning rate; an arm changes only the model
 (sinks with a ``SinksConfig``, LoRA adapters), the data (``private_mask`` marked by
 ``memsinks.mark_private_spans``) or the optimizer (DP-SGD through ``memsinks.make_private``).
+The exception is exact deduplication, the practitioner's first answer to repeated records: it
+trains on each distinct row once per epoch, so the same epochs take fewer steps (``dedup``), or
+more epochs fill standard's steps (``dedup_same_steps``).
 Arms with sinks are measured with the sinks dropped (the shipped model), in each record's own
 sinks, and in another record's sinks (the placebo).
 """
@@ -21,7 +24,9 @@ class Arm:
     each target's preceding tokens leaves a fixed 1/k of them out of the loss), the label-free alternative.
     ``decay_to_base``: after every optimizer step the shared (non-sink) trainable parameters move back toward their
     pretrained values by ``lr * decay_to_base`` of the distance (decoupled, as AdamW decays toward zero), so what no
-    gradient keeps up, such as a secret the sinks now fit, fades from the shipped model."""
+    gradient keeps up, such as a secret the sinks now fit, fades from the shipped model. ``dedup``: identical
+    training rows are kept once (the first), and ``dedup_same_steps`` trains them for as many optimizer steps as
+    standard fine-tuning takes on every row (more epochs) instead of for the same epochs (fewer steps)."""
 
     name: str
     description: str
@@ -33,6 +38,8 @@ class Arm:
     mask_private_labels: bool = False
     goldfish: bool = False
     decay_to_base: float = 0.0
+    dedup: bool = False
+    dedup_same_steps: bool = False
     tags: tuple[str, ...] = field(default=())
 
     @property
@@ -42,6 +49,8 @@ class Arm:
     def __post_init__(self):
         if self.mask_private_labels and not self.private_mask:
             raise ValueError(f"Arm {self.name!r}: mask_private_labels needs private_mask=True (the marks it masks).")
+        if self.dedup_same_steps and not self.dedup:
+            raise ValueError(f"Arm {self.name!r}: dedup_same_steps needs dedup=True (the rows it trains longer on).")
 
 
 def _sinks(**overrides) -> dict:
@@ -62,6 +71,10 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         sinks=_sinks(), private_mask=True, tags=("headline",)),
     Arm("masked_private", "full fine-tuning with the tokens mark_private_spans marks given no loss (label -100), "
         "no sinks", private_mask=True, mask_private_labels=True, tags=("headline",)),
+    Arm("dedup", "full fine-tuning on the exactly deduplicated rows (each distinct record once per epoch), "
+        "the same epochs as standard and so fewer steps, no sinks", dedup=True, tags=("headline",)),
+    Arm("dedup_same_steps", "full fine-tuning on the exactly deduplicated rows for standard's number of steps "
+        "(more epochs), no sinks", dedup=True, dedup_same_steps=True, tags=("lever",)),
     Arm("goldfish", "full fine-tuning with the goldfish loss (k=4, h=13; Hans et al. 2024), no sinks",
         goldfish=True, tags=("headline",)),
     Arm("sinks_private_marginal", "append sinks, defaults, private_mask, and the shipped model trained toward the "

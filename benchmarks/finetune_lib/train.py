@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import tempfile
 import time
 
@@ -12,16 +13,34 @@ import torch
 from transformers import TrainerCallback
 
 import memsinks
+from memorization_lib.dedup import exact_clusters
 from memorization_lib.goldfish import GoldfishCollator
 from memsinks._trainer_setup import experiment_arguments, sinks_trainer
 from memsinks.sink_learning_rate import _inner_optimizer
 from memsinks.sink_slices import sink_slices
 
 
+def training_rows(data, arm) -> list:
+    """The rows the arm trains on, in the seed's order: all of them, or the first of each set of identical rows."""
+    rows = data.training_rows()
+    if arm.dedup:
+        clusters = exact_clusters([r.tokens for r in rows])
+        rows = [r for i, r in enumerate(rows) if clusters[i] == i]
+    return rows
+
+
+def training_length(data, settings, arm) -> dict:
+    """How long the arm trains, as ``experiment_arguments`` takes it: ``settings.epochs`` passes over its rows, or
+    (``dedup_same_steps``) as many optimizer steps as those epochs take over every row, as the Trainer counts them."""
+    if arm.dedup_same_steps:
+        return {"max_steps": math.ceil(settings.epochs * math.ceil(len(data.training_rows()) / settings.batch_size))}
+    return {"epochs": settings.epochs}
+
+
 def training_dataset(data, tokenizer, arm) -> datasets.Dataset:
     """The training rows with their record IDs; a ``private_mask`` column from ``mark_private_spans`` if the arm uses one
     (turned into ``labels`` with -100 at the marked tokens if the arm masks them instead)."""
-    rows = data.training_rows()
+    rows = training_rows(data, arm)
     ds = datasets.Dataset.from_dict({
         "input_ids": [r.tokens for r in rows],
         memsinks.data.SEQUENCE_IDS: [data.record_id(r) for r in rows],
@@ -33,9 +52,9 @@ def training_dataset(data, tokenizer, arm) -> datasets.Dataset:
     return ds
 
 
-def private_mask_coverage(ds, data) -> dict:
-    """How well the default patterns found the secrets: recall over secret tokens, share of marked tokens that are secret."""
-    rows = data.training_rows()
+def private_mask_coverage(ds, rows) -> dict:
+    """How well the default patterns found the secrets in ``rows`` (the records behind ``ds``'s rows): recall over
+    secret tokens, share of marked tokens that are secret."""
     hit = secret = marked = 0
     for row, mask in zip(rows, ds["private_mask"]):
         hit += sum(a and b for a, b in zip(row.secret, mask))
@@ -94,10 +113,11 @@ def train_arm(arm, base, data, tokenizer, settings, seed: int) -> tuple[torch.nn
     """(the fine-tuned model, training statistics: tokens/s, steps, final loss, private-mask coverage)."""
     model = _apply(arm, base, settings)
     ds = training_dataset(data, tokenizer, arm)
+    length = training_length(data, settings, arm)
     with tempfile.TemporaryDirectory() as out:
         args = experiment_arguments(out, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-                                    seed=seed, epochs=settings.epochs, warmup_steps=0,
-                                    lr_scheduler_type="linear", logging_steps=10**9)
+                                    seed=seed, warmup_steps=0, lr_scheduler_type="linear", logging_steps=10**9,
+                                    **length)
         wrap = None
         if arm.goldfish:
             wrap = functools.partial(GoldfishCollator, k=settings.goldfish_k, h=settings.goldfish_h)
@@ -110,11 +130,12 @@ def train_arm(arm, base, data, tokenizer, settings, seed: int) -> tuple[torch.nn
         start = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - start
-    tokens = sum(len(t) for t in ds["input_ids"]) * settings.epochs
+    epochs_run = result.global_step / math.ceil(len(ds) / settings.batch_size)
+    tokens = sum(len(t) for t in ds["input_ids"]) * epochs_run
     stats = {"tokens_per_s": tokens / seconds, "train_seconds": seconds, "steps": result.global_step,
              "train_loss": result.training_loss}
     if arm.private_mask:
-        stats["private_mask"] = private_mask_coverage(ds, data)
+        stats["private_mask"] = private_mask_coverage(ds, training_rows(data, arm))
     if arm.lora:
         model = model.merge_and_unload()
     return model.eval(), stats

@@ -160,6 +160,28 @@ def test_the_masked_arm_gives_the_marked_tokens_no_label_and_keeps_every_other_o
         arms.Arm("x", "y", mask_private_labels=True)
 
 
+def test_the_dedup_arms_train_each_distinct_record_once_per_epoch_and_the_same_steps_arm_matches_standard():
+    from types import SimpleNamespace
+
+    from finetune_lib import train
+
+    a, b, c = (SimpleNamespace(tokens=t) for t in ([5, 6, 7], [5, 6, 8], [9]))
+    rows = [b, a, b, c, a, a, b, b, b]  # nine rows, three distinct records
+    data = SimpleNamespace(training_rows=lambda: rows, record_id=lambda r: r.tokens[-1])
+    for name in ("dedup", "dedup_same_steps"):
+        assert train.training_rows(data, arms.ARMS[name]) == [b, a, c]  # the first copy of each, in the seed's order
+    assert train.training_rows(data, arms.ARMS["standard"]) == rows
+    ds = train.training_dataset(data, None, arms.ARMS["dedup"])
+    assert ds["input_ids"] == [[5, 6, 8], [5, 6, 7], [9]] and ds["sequence_ids"] == [8, 7, 9]
+
+    settings = SimpleNamespace(epochs=3.0, batch_size=2)
+    assert train.training_length(data, settings, arms.ARMS["standard"]) == {"epochs": 3.0}
+    assert train.training_length(data, settings, arms.ARMS["dedup"]) == {"epochs": 3.0}  # 2 batches an epoch: 6 steps
+    assert train.training_length(data, settings, arms.ARMS["dedup_same_steps"]) == {"max_steps": 15}  # standard's 3 x 5
+    with pytest.raises(ValueError, match="dedup_same_steps needs dedup=True"):
+        arms.Arm("x", "y", dedup_same_steps=True)
+
+
 def test_decay_to_base_pulls_only_the_shared_parameters_back_by_lr_times_rate_after_each_step():
     import copy
 
