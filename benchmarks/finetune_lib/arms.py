@@ -114,6 +114,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("sinks_warm4_decay20", "defaults with a 4-step warm-up (task kept, on 3 seeds) and the shared parameters "
         "decayed toward the pretrained ones at rate 20 x lr (general text kept, on 3 seeds at rate 50)",
         sinks=_sinks(sink_warmup_steps=4), decay_to_base=20.0, tags=("lever",)),
+    Arm("dedup_sinks", "append sinks, defaults, trained on the exactly deduplicated rows for the same epochs (each "
+        "distinct record once per epoch)", sinks=_sinks(), dedup=True, tags=("lever",)),
     Arm("lora_sinks", "LoRA rank 8 on attention as the only shared trainable path, full-width sinks (defaults)",
         lora=True, sinks=_sinks(), tags=("lever",)),
 ]}
