@@ -274,8 +274,10 @@ def write_report(args, per_seed: dict, coverage, settings, description: str, gen
     with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
         f.write(md)
     report.plot(summary, os.path.join(args.out, "tradeoff.png"))
-    for seed in seeds:
-        os.remove(os.path.join(args.out, f"partial-seed{seed}.json"))
+    for seed in seeds:  # a seed whose rows were all kept from a finished run's results.json has no partial file
+        partial = os.path.join(args.out, f"partial-seed{seed}.json")
+        if os.path.isfile(partial):
+            os.remove(partial)
     print(md)
     print(f"wrote {args.out}/results.json, results.md and tradeoff.png in {results['seconds']:.0f} s")
     return 0

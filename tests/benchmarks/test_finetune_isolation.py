@@ -125,6 +125,12 @@ def test_resume_keeps_measured_arms_and_trains_only_the_new_ones(tmp_path):
     rows = json.loads((out / "results.json").read_text())["per_seed"]["0"]
     assert rows["standard"]["train_seconds"] == -1.0
     assert "sinks_x16/drop" in rows
+    # every arm already measured: nothing trains, no partial file is written, and the report is written again
+    log = subprocess.run(run + ["--arms", "sinks_x16", "--resume"], check=True, cwd=REPO,
+                         capture_output=True, text=True, timeout=600).stdout
+    assert ": trained" not in log and "seed 0 sinks_x16: kept from" in log
+    assert json.loads((out / "results.json").read_text())["per_seed"]["0"] == rows
+    assert not list(out.glob("partial-seed*.json"))
 
 
 def test_the_frozen_mlp_arm_trains_everything_but_the_pretrained_mlp_units():
