@@ -7,9 +7,10 @@ model) on synthetic records carrying personal data (``faker``: adverse-event rep
 appointment notes with phone numbers, support tickets with emails, wire instructions with
 account numbers), some records repeated 1, 4 or 16 times, once per arm with the same data,
 steps and learning rate: full fine-tuning, LoRA on attention, DP-SGD, the goldfish loss, full
-fine-tuning with the marked tokens' labels masked, full fine-tuning on the exactly deduplicated
-records (the same epochs, so fewer steps; or standard's steps), appended sinks with each lever alone and with
-the defaults, with and without a ``private_mask`` from ``memsinks.mark_private_spans``. Per arm:
+fine-tuning with the marked tokens' labels masked, appended sinks with each lever alone and with
+the defaults, with and without a ``private_mask`` from ``memsinks.mark_private_spans``; and full
+fine-tuning on the exactly deduplicated records (the same epochs and so fewer steps, or
+standard's steps), the one kind of arm that sees other data. Per arm:
 the members' secret loss against held-out records' (the gap), with the sinks dropped, in the
 record's own sinks and in another record's (placebo); greedy extraction; exposure; the task
 learned (held-out records' other tokens); general text (``--general-text``: tiny Shakespeare
