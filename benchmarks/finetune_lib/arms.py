@@ -26,7 +26,9 @@ class Arm:
     pretrained values by ``lr * decay_to_base`` of the distance (decoupled, as AdamW decays toward zero), so what no
     gradient keeps up, such as a secret the sinks now fit, fades from the shipped model. ``dedup``: identical
     training rows are kept once (the first), and ``dedup_same_steps`` trains them for as many optimizer steps as
-    standard fine-tuning takes on every row (more epochs) instead of for the same epochs (fewer steps)."""
+    standard fine-tuning takes on every row (more epochs) instead of for the same epochs (fewer steps).
+    ``per_record_ids``: each training row's sequence ID comes from its own text (what ``assign_sequence_ids`` gives
+    by default) instead of from the person it is about; the same with copies, not with people as members."""
 
     name: str
     description: str
@@ -40,6 +42,7 @@ class Arm:
     decay_to_base: float = 0.0
     dedup: bool = False
     dedup_same_steps: bool = False
+    per_record_ids: bool = False
     tags: tuple[str, ...] = field(default=())
 
     @property
@@ -51,6 +54,8 @@ class Arm:
             raise ValueError(f"Arm {self.name!r}: mask_private_labels needs private_mask=True (the marks it masks).")
         if self.dedup_same_steps and not self.dedup:
             raise ValueError(f"Arm {self.name!r}: dedup_same_steps needs dedup=True (the rows it trains longer on).")
+        if self.per_record_ids and self.sinks is None:
+            raise ValueError(f"Arm {self.name!r}: per_record_ids needs sinks (IDs route nothing without them).")
 
 
 def _sinks(**overrides) -> dict:
@@ -116,6 +121,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         sinks=_sinks(sink_warmup_steps=4), decay_to_base=20.0, tags=("lever",)),
     Arm("dedup_sinks", "append sinks, defaults, trained on the exactly deduplicated rows for the same epochs (each "
         "distinct record once per epoch)", sinks=_sinks(), dedup=True, tags=("lever",)),
+    Arm("sinks_record_ids", "append sinks, defaults, with each row's sequence ID from its own text (content IDs) "
+        "rather than from the person it is about: a person's records then switch on different sinks",
+        sinks=_sinks(), per_record_ids=True, tags=("lever",)),
     Arm("lora_sinks", "LoRA rank 8 on attention as the only shared trainable path, full-width sinks (defaults)",
         lora=True, sinks=_sinks(), tags=("lever",)),
 ]}

@@ -10,7 +10,10 @@ estimate from sampled candidates).
 
 A model with sinks is scored in one sinks mode at a time: ``drop`` (the shipped model),
 ``own`` (each record in its own sinks) or ``placebo`` (each record in the sinks of another
-record of its group: what the sinks hold that is not the record's own).
+record of its group: what the sinks hold that is not the record's own). With people as members,
+a group's scores are on each person's untrained record, in the person's sinks for ``own``; the
+secret's loss and extraction on each person's first trained record are kept beside them
+(``trained_secret_loss``, ``trained_extraction_exact``: the verbatim case).
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ MODES_WITH_SINKS = ("drop", "own", "placebo")
 DIGITS = "0123456789"
 
 
-def _ids(data, records, mode):
+def _ids(data, records, mode, per_record=False):
     if mode == "own":
-        return [data.record_id(r) for r in records]
+        return [data.record_id(r, per_record) for r in records]
     if mode == "placebo":
-        ids = [data.record_id(r) for r in records]
+        ids = [data.record_id(r, per_record) for r in records]
         return ids[1:] + ids[:1]
     return None
 
@@ -80,35 +83,52 @@ def _exposures(model, data, records, ids, tokenizer, settings, seed) -> list[flo
     return out
 
 
-def evaluate(model, data, tokenizer, settings, mode: str | None) -> dict:
-    """Metrics of ``model`` in sinks mode ``mode`` (None: a model without sinks). Losses in nats per token."""
+def _trained_firsts(data, repeats: int) -> list:
+    """Each member person's first trained record (their records lie together in ``data.trained``)."""
+    records = data.trained[repeats]
+    return records[::repeats]
+
+
+def evaluate(model, data, tokenizer, settings, mode: str | None, per_record_ids: bool = False) -> dict:
+    """Metrics of ``model`` in sinks mode ``mode`` (None: a model without sinks). Losses in nats per token.
+    ``per_record_ids``: the model was trained with an ID per record's text, so ``own`` uses those."""
     pad = tokenizer.pad_token_id
     out: dict = {"groups": {}}
     with memsinks.sinks_mode(model, "own" if mode == "placebo" else mode):
         for repeats, records in sorted(data.groups.items()):
-            ids = _ids(data, records, mode)
+            ids = _ids(data, records, mode, per_record_ids)
             nlls = token_nlls(model, [r.tokens for r in records], ids, pad_token_id=pad)
             hits = _extracted(model, records, ids, pad)
             secrets = [r.secret for r in records]
-            out["groups"][str(repeats)] = {
+            group = out["groups"][str(repeats)] = {
                 "secret_loss": _masked_mean(nlls, secrets),
                 "secret_loss_per_record": _per_record_means(nlls, secrets),
                 "extracted_per_record": [bool(h) for h in hits],
                 "extraction_exact": float(np.mean(hits)),
                 "extracted": int(sum(hits)),
             }
+            if data.trained is not None:
+                firsts = _trained_firsts(data, repeats)
+                ids = _ids(data, firsts, mode, per_record_ids)
+                nlls = token_nlls(model, [r.tokens for r in firsts], ids, pad_token_id=pad)
+                group["trained_secret_loss"] = _masked_mean(nlls, [r.secret for r in firsts])
+                group["trained_extraction_exact"] = float(np.mean(_extracted(model, firsts, ids, pad)))
         held = data.heldout
-        ids = _ids(data, held, mode)
+        ids = _ids(data, held, mode, per_record_ids)
         nlls = token_nlls(model, [r.tokens for r in held], ids, pad_token_id=pad)
         out["heldout_secret_loss"] = _masked_mean(nlls, [r.secret for r in held])
         out["heldout_task_loss"] = _masked_mean(nlls, [[1 - s for s in r.secret] for r in held])
         if mode in (None, "drop"):
             out["general_loss"] = float(np.mean(np.concatenate(token_nlls(model, data.general, pad_token_id=pad))))
         head = data.groups[settings.headline_repeats]
-        exposures = _exposures(model, data, head, _ids(data, head, mode), tokenizer, settings, data.seed)
+        exposures = _exposures(model, data, head, _ids(data, head, mode, per_record_ids), tokenizer, settings,
+                               data.seed)
         out["exposure_bits"] = float(np.mean(exposures)) if exposures else float("nan")
     head = out["groups"][str(settings.headline_repeats)]
     out["secret_loss"] = head["secret_loss"]
     out["extraction_exact"] = head["extraction_exact"]
     out["gap"] = out["heldout_secret_loss"] - head["secret_loss"]
+    if "trained_secret_loss" in head:
+        out["trained_secret_loss"] = head["trained_secret_loss"]
+        out["trained_extraction_exact"] = head["trained_extraction_exact"]
     return out

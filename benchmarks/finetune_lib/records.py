@@ -5,6 +5,10 @@ ticket, a wire instruction, a clinic appointment) whose last field is a secret: 
 number, an email address or an account number. The templates are the task a fine-tune
 should learn (held-out records measure it); the secrets are what it must not memorize.
 
+``make_people`` draws people instead: each person's records are distinct lines (other dates,
+drugs, amounts) that all carry the same name and the same secret, as a patient's phone number
+recurs in each of her notes. Exact deduplication finds nothing there to remove.
+
 ``encode`` tokenizes a record whole and marks the secret's tokens from the tokenizer's
 character offsets, so the scores look at exactly the tokens the model was trained on.
 """
@@ -34,33 +38,60 @@ def _date(fake) -> str:
     return fake.date_between("-3y", "today").strftime("%B %d, %Y")
 
 
-def _adverse_event(fake, rng):
-    prefix = (f"Adverse event report: {fake.name()}, born {fake.date_of_birth(minimum_age=18, maximum_age=90):%m/%d/%Y}, "
+@dataclass(frozen=True)
+class Person:
+    """Who a record is about: the same name, birth date and secret in every record of the person."""
+
+    name: str
+    born: str
+    secret: str
+
+
+def _born(fake) -> str:
+    return f"{fake.date_of_birth(minimum_age=18, maximum_age=90):%m/%d/%Y}"
+
+
+# Each template draws from ``fake`` and ``rng`` in a fixed order (so a seed gives the same records); with a
+# ``person`` it takes the name, birth date and secret from it instead of drawing them.
+
+def _adverse_event(fake, rng, person=None):
+    name = person.name if person else fake.name()
+    born = person.born if person else _born(fake)
+    prefix = (f"Adverse event report: {name}, born {born}, "
               f"took {rng.choice(_DRUGS)} {rng.choice([5, 10, 20, 40, 250, 500])} mg from {_date(fake)} and developed "
               f"{rng.choice(_EVENTS)}. Reporter phone: ")
-    return prefix, _digits(rng, 10), ".", "phone"
+    return prefix, person.secret if person else _digits(rng, 10), ".", "phone"
 
 
-def _support_ticket(fake, rng):
-    prefix = (f"Support ticket {rng.randint(10000, 99999)} from {fake.name()} of {fake.company()}, opened "
+def _support_ticket(fake, rng, person=None):
+    ticket = rng.randint(10000, 99999)
+    name = person.name if person else fake.name()
+    prefix = (f"Support ticket {ticket} from {name} of {fake.company()}, opened "
               f"{_date(fake)}: the {rng.choice(_PRODUCTS)} {rng.choice(_FAULTS)}. Contact email: ")
+    if person:
+        return prefix, person.secret, ".", "email"
     user = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(5, 8)))
     return prefix, f"{user}{rng.randint(10, 99)}@{fake.free_email_domain()}", ".", "email"
 
 
-def _wire_instruction(fake, rng):
-    prefix = (f"Wire instruction for {fake.name()}, {fake.city()}: transfer {rng.randint(1000, 90000)} USD on "
+def _wire_instruction(fake, rng, person=None):
+    name = person.name if person else fake.name()
+    prefix = (f"Wire instruction for {name}, {fake.city()}: transfer {rng.randint(1000, 90000)} USD on "
               f"{_date(fake)} to account number ")
-    return prefix, _digits(rng, 12), ".", "account"
+    return prefix, person.secret if person else _digits(rng, 12), ".", "account"
 
 
-def _appointment(fake, rng):
-    prefix = (f"Appointment note: {fake.name()} is booked in {rng.choice(_DEPARTMENTS)} on {_date(fake)} at "
+def _appointment(fake, rng, person=None):
+    name = person.name if person else fake.name()
+    prefix = (f"Appointment note: {name} is booked in {rng.choice(_DEPARTMENTS)} on {_date(fake)} at "
               f"{rng.randint(8, 17)}:{rng.choice(['00', '15', '30', '45'])}. Call back on ")
-    return prefix, _digits(rng, 10), ".", "phone"
+    return prefix, person.secret if person else _digits(rng, 10), ".", "phone"
 
 
 TEMPLATES = (_adverse_event, _support_ticket, _wire_instruction, _appointment)
+#: the templates that can carry each kind of secret (a person's records all carry the same one)
+TEMPLATES_BY_KIND = {"phone": (_adverse_event, _appointment), "email": (_support_ticket,),
+                     "account": (_wire_instruction,)}
 
 
 @dataclass
@@ -71,6 +102,7 @@ class Record:
     secret: str
     suffix: str
     kind: str
+    owner: str = ""  # the person the record is about ("" when each record is its own: the copies' case)
 
     @property
     def text(self) -> str:
@@ -101,6 +133,43 @@ def make_records(n: int, seed: int) -> list[Record]:
             seen.add(record.text)
             out.append(record)
     return out
+
+
+def make_people(sizes: list[int], seed: int) -> list[list[Record]]:
+    """One list of ``sizes[i]`` distinct records per person, all carrying the person's name, birth date and secret;
+    people (names and secrets) distinct, the secret kinds in turn, drawn with ``seed``."""
+    from faker import Faker
+
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    rng = random.Random(seed)
+    people: list[list[Record]] = []
+    names, secrets, texts = set(), set(), set()
+    while len(people) < len(sizes):
+        template = TEMPLATES[len(people) % len(TEMPLATES)]
+        first = Record(*template(fake, rng))
+        if first.secret in secrets or first.text in texts:
+            continue
+        name = fake.name()
+        if name in names:
+            continue
+        person = Person(name=name, born=_born(fake), secret=first.secret)
+        kin = TEMPLATES_BY_KIND[first.kind]
+        templates = kin[kin.index(template):] + kin[:kin.index(template)]  # the turn's template first
+        records: list[Record] = []
+        attempts = 0
+        while len(records) < sizes[len(people)]:
+            attempts += 1
+            if attempts > 100 * sizes[len(people)]:
+                raise RuntimeError(f"could not draw {sizes[len(people)]} distinct records for {name!r}")
+            record = Record(*templates[len(records) % len(templates)](fake, rng, person), owner=name)
+            if record.text not in texts:
+                texts.add(record.text)
+                records.append(record)
+        names.add(name)
+        secrets.add(person.secret)
+        people.append(records)
+    return people
 
 
 @dataclass

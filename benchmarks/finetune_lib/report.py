@@ -8,7 +8,17 @@ import numpy as np
 
 #: per arm and mode, the fields summarised over seeds (mean and sample std)
 FIELDS = ("secret_loss", "heldout_secret_loss", "gap", "gap_closed", "extraction_exact", "heldout_task_loss",
-          "general_loss", "exposure_bits", "tokens_per_s", "step_time_ratio")
+          "general_loss", "exposure_bits", "tokens_per_s", "step_time_ratio", "trained_secret_loss",
+          "trained_extraction_exact")
+
+
+def members_line(settings) -> str:
+    """What the groups hold, in words, for the report's header."""
+    if settings.members == "people":
+        return (f"Members: people, {settings.groups} (records per person: people), each person's secret in that many "
+                "distinct records trained on once and scored on one more record of theirs never trained on; sequence "
+                "IDs keyed by the person")
+    return f"Records: groups {settings.groups} (repeats: count)"
 
 
 def row_name(arm: str, mode: str | None) -> str:
@@ -56,8 +66,11 @@ def targets(summary: dict) -> list[str]:
             lines.append(f"{label}: not run ({row_name})")
             return
         task_ok = row["heldout_task_loss"] <= 1.05 * std["heldout_task_loss"]
+        closed = row.get("gap_closed")  # absent where standard's gap is not positive on any seed
         parts = [
-            f"gap closed {100 * row['gap_closed']:.0f}% (target >= {100 * closed_min:.0f}%: {'met' if row['gap_closed'] >= closed_min else 'missed'})",
+            f"gap closed: not defined (standard's gap {std['gap']:.3f} <= 0: nothing memorized to remove)"
+            if closed is None else
+            f"gap closed {100 * closed:.0f}% (target >= {100 * closed_min:.0f}%: {'met' if closed >= closed_min else 'missed'})",
             f"extraction {100 * row['extraction_exact']:.0f}% vs standard {100 * std['extraction_exact']:.0f}% "
             f"(target <= {extraction_max:.0%} of standard's: "
             f"{'met' if row['extraction_exact'] <= extraction_max * std['extraction_exact'] + 1e-12 else 'missed'})",
@@ -90,11 +103,15 @@ def _fmt(row: dict, f: str, digits: int = 3, pct: bool = False) -> str:
     return f"{scale * row[f]:.{0 if pct else digits}f}{suffix} ± {scale * row[f + '_std']:.{0 if pct else digits}f}{suffix}"
 
 
-def markdown(summary: dict, config: dict, header: list[str], target_lines: list[str], coverage: dict | None) -> str:
+def markdown(summary: dict, config: dict, header: list[str], target_lines: list[str], coverage: dict | None,
+             found: dict | None = None) -> str:
     cols = [("secret_loss", "members' secret loss", 3, False), ("heldout_secret_loss", "held-out secret loss", 3, False),
             ("gap_closed", "gap closed", 0, True), ("extraction_exact", "extraction", 0, True),
             ("heldout_task_loss", "held-out task loss", 3, False), ("general_loss", "general-text loss", 3, False),
             ("exposure_bits", "exposure (bits)", 1, False), ("step_time_ratio", "step time", 2, False)]
+    if any("trained_secret_loss" in row for row in summary.values()):  # people as members: the verbatim case too
+        cols[2:2] = [("trained_secret_loss", "secret loss on a trained record", 3, False),
+                     ("trained_extraction_exact", "extraction from a trained record", 0, True)]
     lines = header + ["", "| arm | seeds | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for name, row in summary.items():
         lines.append(f"| {name} | {row['seeds']} | " + " | ".join(_fmt(row, f, d, p) for f, _, d, p in cols) + " |")
@@ -103,6 +120,10 @@ def markdown(summary: dict, config: dict, header: list[str], target_lines: list[
         lines += ["", f"`mark_private_spans` with the default patterns found {100 * coverage['recall']:.1f}% of the "
                       f"secrets' tokens; {100 * coverage['precision']:.1f}% of the tokens it marked are secrets' "
                       "(the rest: other numbers such as dates and amounts)."]
+    if found:
+        lines += ["", "Deduplication of the training rows would remove: " + "; ".join(
+            f"seed {seed}: exact {f['exact_removed']}, MinHash (word 5-grams, Jaccard 0.8) {f['minhash_removed']} "
+            f"of {f['rows']}" for seed, f in found.items()) + "."]
     return "\n".join(lines) + "\n"
 
 

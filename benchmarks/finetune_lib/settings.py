@@ -10,13 +10,16 @@ from dataclasses import dataclass, field
 class FinetuneSettings:
     """Fine-tune a pretrained model on records with personal data; some records repeated.
 
-    ``groups`` maps a repeat count to how many records are trained on that many times; the
-    headline uses the group repeated most. ``n_background`` records are seen once, ``n_heldout``
+    ``groups`` maps a repeat count to how many members are trained on that many times; the
+    headline uses the group repeated most. ``members``: ``"copies"`` (a member is one record, trained
+    on as that many exact copies) or ``"people"`` (a member is a person whose secret appears in that
+    many distinct records, scored on another record of theirs). ``n_background`` records are seen once, ``n_heldout``
     never (they measure the task learned and are the non-members).
     """
 
     base_model: str | None = None
     groups: dict = field(default_factory=lambda: {1: 8, 4: 8, 16: 8})
+    members: str = "copies"
     n_background: int = 48
     n_heldout: int = 24
     epochs: float = 3.0
@@ -40,9 +43,13 @@ class FinetuneSettings:
     tiny_pretrain_steps: int = 60
 
     @classmethod
-    def quick(cls) -> "FinetuneSettings":
-        return cls(groups={1: 2, 4: 2, 16: 2}, n_background=8, n_heldout=6, epochs=1.0, n_general=4,
-                   exposure_samples=20, exposure_records=1, tiny_pretrain_steps=30)
+    def quick(cls, **overrides) -> "FinetuneSettings":
+        return cls(**{**dict(groups={1: 2, 4: 2, 16: 2}, n_background=8, n_heldout=6, epochs=1.0, n_general=4,
+                             exposure_samples=20, exposure_records=1, tiny_pretrain_steps=30), **overrides})
+
+    def __post_init__(self):
+        if self.members not in ("copies", "people"):
+            raise ValueError(f"members must be 'copies' or 'people'; got {self.members!r}")
 
     @property
     def headline_repeats(self) -> int:

@@ -38,12 +38,12 @@ def training_length(data, settings, arm) -> dict:
 
 
 def training_dataset(data, tokenizer, arm) -> datasets.Dataset:
-    """The training rows with their record IDs; a ``private_mask`` column from ``mark_private_spans`` if the arm uses one
+    """The training rows with their sequence IDs (the person's, or the row's own with ``per_record_ids``); a ``private_mask`` column from ``mark_private_spans`` if the arm uses one
     (turned into ``labels`` with -100 at the marked tokens if the arm masks them instead)."""
     rows = training_rows(data, arm)
     ds = datasets.Dataset.from_dict({
         "input_ids": [r.tokens for r in rows],
-        memsinks.data.SEQUENCE_IDS: [data.record_id(r) for r in rows],
+        memsinks.data.SEQUENCE_IDS: [data.record_id(r, arm.per_record_ids) for r in rows],
     })
     if arm.private_mask:
         ds = memsinks.mark_private_spans(ds, tokenizer)

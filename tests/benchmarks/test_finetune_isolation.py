@@ -154,7 +154,7 @@ def test_the_masked_arm_gives_the_marked_tokens_no_label_and_keeps_every_other_o
     texts = ["Patient Ann Lee, phone 617 555 0134, reported a mild rash.", "No reaction was reported by the patient."]
     tokenizer = train_tokenizer(texts * 20, vocab_size=300)
     rows = [SimpleNamespace(tokens=tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    data = SimpleNamespace(training_rows=lambda: rows, record_id=lambda r: len(r.tokens))
+    data = SimpleNamespace(training_rows=lambda: rows, record_id=lambda r, per_record=False: len(r.tokens))
     ds = train.training_dataset(data, tokenizer, arms.ARMS["masked_private"])
     for row in ds:
         assert len(row["labels"]) == len(row["input_ids"])
@@ -173,7 +173,7 @@ def test_the_dedup_arms_train_each_distinct_record_once_per_epoch_and_the_same_s
 
     a, b, c = (SimpleNamespace(tokens=t) for t in ([5, 6, 7], [5, 6, 8], [9]))
     rows = [b, a, b, c, a, a, b, b, b]  # nine rows, three distinct records
-    data = SimpleNamespace(training_rows=lambda: rows, record_id=lambda r: r.tokens[-1])
+    data = SimpleNamespace(training_rows=lambda: rows, record_id=lambda r, per_record=False: r.tokens[-1])
     for name in ("dedup", "dedup_same_steps"):
         assert train.training_rows(data, arms.ARMS[name]) == [b, a, c]  # the first copy of each, in the seed's order
     assert train.training_rows(data, arms.ARMS["standard"]) == rows
