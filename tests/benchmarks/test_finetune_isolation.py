@@ -218,3 +218,66 @@ def test_decay_to_base_pulls_only_the_shared_parameters_back_by_lr_times_rate_af
             assert torch.allclose(p, want, atol=1e-7), name
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
     callback.on_train_end(None, None, None)
+
+
+def test_each_person_keeps_one_name_and_secret_across_distinct_records_and_people_differ():
+    from finetune_lib.records import TEMPLATES, make_people
+
+    people = make_people([5, 5, 5, 5, 1, 1], seed=3)
+    assert [len(p) for p in people] == [5, 5, 5, 5, 1, 1]
+    texts = [r.text for p in people for r in p]
+    assert len(set(texts)) == len(texts)  # nothing for exact dedup to find
+    for person in people:
+        assert len({r.owner for r in person}) == 1 and len({r.secret for r in person}) == 1
+        assert len({r.kind for r in person}) == 1 and all(r.owner in r.prefix for r in person)
+    assert len({p[0].owner for p in people}) == len({p[0].secret for p in people}) == len(people)
+    assert [p[0].kind for p in people] == ["phone", "email", "account", "phone", "phone", "email"]  # in turn
+    assert len(TEMPLATES) == 4
+
+
+def _people_data(members: str):
+    from finetune_lib import data as data_
+    from finetune_lib.records import make_records
+    from finetune_lib.settings import FinetuneSettings
+    from memsinks.corpus import train_tokenizer
+
+    general = " ".join(["the quick brown fox jumps over the lazy dog"] * 60)
+    tokenizer = train_tokenizer([r.text for r in make_records(40, seed=1)] + [general], vocab_size=400)
+    settings = FinetuneSettings(groups={1: 2, 4: 3}, n_background=4, n_heldout=3, n_general=2, general_window=16,
+                                members=members)
+    return data_.build(tokenizer, settings, general, seed=0), settings
+
+
+def test_people_are_scored_on_a_record_never_trained_on_and_share_one_id_across_their_records():
+    from finetune_isolation import dedup_found
+    from finetune_lib import train
+    from finetune_lib.evaluate import _trained_firsts
+
+    data, settings = _people_data("people")
+    rows = data.training_rows()
+    texts = [r.record.text for r in rows]
+    assert len(rows) == 1 * 2 + 4 * 3 + settings.n_background
+    for repeats, scored in data.groups.items():
+        assert len(scored) == settings.groups[repeats] and not {r.record.text for r in scored} & set(texts)
+        trained = data.trained[repeats]
+        assert len(trained) == repeats * len(scored)
+        for i, person in enumerate(scored):  # a person's records lie together, then the next person's
+            own = trained[i * repeats:(i + 1) * repeats]
+            assert {data.record_id(r) for r in own} == {data.record_id(person)}
+            assert all(r.record.secret == person.record.secret for r in own)
+            assert len({data.record_id(r, per_record=True) for r in own + [person]}) == repeats + 1
+        assert _trained_firsts(data, repeats) == trained[::repeats]
+    heldout_names = {r.record.owner for r in data.heldout}
+    assert not heldout_names & {r.record.owner for r in rows}  # the non-members are people never trained on
+    assert dedup_found(data)["exact_removed"] == 0
+    by_person = train.training_dataset(data, None, arms.ARMS["sinks"])["sequence_ids"]
+    by_record = train.training_dataset(data, None, arms.ARMS["sinks_record_ids"])["sequence_ids"]
+    assert len(set(by_person)) == 2 + 3 + settings.n_background and len(set(by_record)) == len(rows)
+    with pytest.raises(ValueError, match="per_record_ids needs sinks"):
+        arms.Arm("x", "y", per_record_ids=True)
+
+    copies, _ = _people_data("copies")
+    assert copies.trained is None and dedup_found(copies)["exact_removed"] == (4 - 1) * 3
+    assert copies.record_id(copies.groups[4][0]) == copies.record_id(copies.groups[4][0], per_record=True)
+    with pytest.raises(ValueError, match="members must be 'copies' or 'people'; got 'persons'"):
+        _people_data("persons")
