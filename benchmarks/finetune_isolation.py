@@ -268,7 +268,7 @@ def write_report(args, per_seed: dict, coverage, settings, description: str, gen
     seeds = sorted(per_seed)
     report.add_gap_closed(per_seed)
     summary = report.summarise(per_seed)
-    target_lines = report.targets(summary)
+    target_lines = report.targets(summary, per_seed)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__)] + sys.argv[1:])
     results = {
         "config": {"command": command, "quick": args.quick, "seeds": seeds, "threads": threads, "base": description,

@@ -53,18 +53,27 @@ def summarise(per_seed: dict) -> dict:
     return out
 
 
-def targets(summary: dict) -> list[str]:
-    """The issue's targets, each stated as met or missed with the numbers."""
+def targets(summary: dict, per_seed: dict | None = None) -> list[str]:
+    """The issue's targets, each stated as met or missed with the numbers. With ``per_seed``, an arm run on fewer
+    seeds than standard is compared with standard's mean over the same seeds, not over all of them."""
     lines = []
-    std = summary.get("standard")
-    if std is None:
+    if summary.get("standard") is None:
         return ["no standard arm: the targets are relative to it"]
+
+    def reference(row_name: str) -> dict:
+        if per_seed is None:
+            return summary["standard"]
+        seeds = [s for s, rows in per_seed.items() if row_name in rows and "standard" in rows]
+        if not seeds:
+            return summary["standard"]
+        return summarise({s: {"standard": per_seed[s]["standard"]} for s in seeds})["standard"]
 
     def check(row_name: str, closed_min: float, extraction_max: float, label: str, ratio_max: float):
         row = summary.get(row_name)
         if row is None:
             lines.append(f"{label}: not run ({row_name})")
             return
+        std = reference(row_name)
         task_ok = row["heldout_task_loss"] <= 1.05 * std["heldout_task_loss"]
         closed = row.get("gap_closed")  # absent where standard's gap is not positive on any seed
         parts = [

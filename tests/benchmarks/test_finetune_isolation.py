@@ -44,6 +44,20 @@ def test_gap_closed_is_measured_against_standard_of_the_same_seed():
     assert summary["sinks/drop"]["gap_closed"] == 0.375 and summary["sinks/drop"]["seeds"] == 2
 
 
+def test_an_arm_run_on_fewer_seeds_meets_its_targets_against_standard_on_the_same_seeds():
+    def row(task, general, gap=1.0, extraction=1.0):
+        return {"heldout_task_loss": task, "general_loss": general, "gap": gap, "extraction_exact": extraction}
+
+    per_seed = {0: {"standard": row(1.40, 6.0), "sinks_private/drop": row(1.43, 5.9, gap=0.0, extraction=0.0)},
+                1: {"standard": row(1.20, 5.6)}, 2: {"standard": row(1.20, 5.6)}}
+    report.add_gap_closed(per_seed)
+    summary = report.summarise(per_seed)
+    line = next(t for t in report.targets(summary, per_seed) if t.startswith("with private_mask"))
+    assert "1.430 vs 1.400 (within 5%: met)" in line and "5.900 vs 6.000 (no worse: met)" in line
+    line = next(t for t in report.targets(summary) if t.startswith("with private_mask"))  # all seeds' mean: 1.267
+    assert "1.430 vs 1.267 (within 5%: missed)" in line
+
+
 def test_quick_run_writes_every_arm_and_mode(tmp_path):
     out = tmp_path / "out"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "finetune_isolation.py"), "--quick", "--threads", "1",
