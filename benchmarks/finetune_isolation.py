@@ -157,10 +157,12 @@ def run_seed(arms, base, tokenizer, settings, general_text: str, seed: int, timi
 def dedup_found(data) -> dict:
     """How many of the training rows exact dedup and MinHash-LSH dedup (word 5-grams, Jaccard 0.8) would remove."""
     rows = data.training_rows()
-    exact = exact_clusters([r.tokens for r in rows])
-    near = minhash_clusters([r.record.text for r in rows])
-    return {"rows": len(rows), "exact_removed": sum(c != i for i, c in enumerate(exact)),
-            "minhash_removed": sum(c != i for i, c in enumerate(near))}
+
+    def removed(clusters: list[int]) -> int:  # every row but the first of its cluster
+        return len(clusters) - len(set(clusters))
+
+    return {"rows": len(rows), "exact_removed": removed(exact_clusters([r.tokens for r in rows])),
+            "minhash_removed": removed(minhash_clusters([r.record.text for r in rows]))}
 
 
 def apply_step_times(rows: dict, ratios: dict) -> None:

@@ -38,8 +38,9 @@ def training_length(data, settings, arm) -> dict:
 
 
 def training_dataset(data, tokenizer, arm) -> datasets.Dataset:
-    """The training rows with their sequence IDs (the person's, or the row's own with ``per_record_ids``); a ``private_mask`` column from ``mark_private_spans`` if the arm uses one
-    (turned into ``labels`` with -100 at the marked tokens if the arm masks them instead)."""
+    """The training rows with their sequence IDs (the person's, or the row's own with ``per_record_ids``); a
+    ``private_mask`` column from ``mark_private_spans`` if the arm uses one (turned into ``labels`` with -100 at the
+    marked tokens if the arm masks them instead)."""
     rows = training_rows(data, arm)
     ds = datasets.Dataset.from_dict({
         "input_ids": [r.tokens for r in rows],
