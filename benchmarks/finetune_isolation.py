@@ -46,12 +46,13 @@ from finetune_lib import base as bases  # noqa: E402
 from finetune_lib import data as datasets_  # noqa: E402
 from finetune_lib import report  # noqa: E402
 from finetune_lib.evaluate import MODES_WITH_SINKS, evaluate  # noqa: E402
-from finetune_lib.settings import FinetuneSettings, to_dict  # noqa: E402
+from finetune_lib.settings import FinetuneSettings, differences, from_dict, to_dict  # noqa: E402
 from finetune_lib.timing import step_time_ratios  # noqa: E402
 from finetune_lib.train import train_arm  # noqa: E402
 from memorization import machine_description  # noqa: E402
 from memorization_lib.data import load_text  # noqa: E402
 from memorization_lib.dedup import exact_clusters, minhash_clusters  # noqa: E402
+from memsinks.atomic import write_atomically  # noqa: E402
 
 TIMING_FILE = "timing.json"
 SHAKESPEARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
@@ -74,15 +75,17 @@ def parse_args(argv=None):
                         "a finished run's results.json) and train only the others. Reruns on one machine matched "
                         "to the last digit; on another machine with the same packages they did not (seed 1's "
                         "standard arm: held-out task loss 1.528 vs 1.530, general text 5.583 vs 5.518), so resume "
-                        "on the machine that measured the kept rows")
+                        "on the machine that measured the kept rows. Rows measured under other settings (--members, "
+                        "--quick, --base-model) are refused")
     p.add_argument("--no-timing", action="store_true",
                    help="skip the step-time measurement (a --timing-only run or another seed measures it)")
     p.add_argument("--arms", help=f"comma-separated arms (default all): {', '.join(arm_registry.ARMS)}")
     p.add_argument("--later-seed-arms", help="arms to run for the seeds after the first (default: the same as "
                                              "--arms); e.g. the headline arms over 3 seeds, the levers over one")
-    p.add_argument("--members", choices=("copies", "people"), default="copies",
+    p.add_argument("--members", choices=("copies", "people"), default=None,
                    help="what a group's member is: one record trained on as exact copies (default), or a person whose "
-                        "secret recurs in that many distinct records, scored on an untrained record of theirs")
+                        "secret recurs in that many distinct records, scored on an untrained record of theirs "
+                        "(--report-from takes it from the partial files)")
     p.add_argument("--timing-steps", type=int, default=None, help="alternating steps per timed arm (default 6; 2 quick)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, CPUs))")
     p.add_argument("--out", required=True, help="folder for results.json, results.md and tradeoff.png")
@@ -132,7 +135,7 @@ def run_seed(arms, base, tokenizer, settings, general_text: str, seed: int, timi
     rows, coverage = {}, None
     path = ""
     if resume:
-        rows, coverage, path = _measured_rows(out_dir, seed)
+        rows, coverage, path = _measured_rows(out_dir, seed, settings)
     for arm in arms:
         modes = MODES_WITH_SINKS if arm.has_sinks else (None,)
         if all(report.row_name(arm.name, mode) in rows for mode in modes):
@@ -147,10 +150,10 @@ def run_seed(arms, base, tokenizer, settings, general_text: str, seed: int, timi
         print(f"seed {seed} {arm.name}: trained {stats['steps']} steps in {stats['train_seconds']:.0f} s, "
               f"measured in {time.perf_counter() - start - stats['train_seconds']:.0f} s", flush=True)
         del model
-        _write_partial(out_dir, seed, rows, coverage)
+        _write_partial(out_dir, seed, rows, coverage, settings)
     if timing_steps:
         apply_step_times(rows, step_time_ratios(arms, base, data, tokenizer, settings, timing_steps))
-        _write_partial(out_dir, seed, rows, coverage)
+        _write_partial(out_dir, seed, rows, coverage, settings)
     return {"rows": rows, "private_mask_coverage": coverage, "dedup_found": found}
 
 
@@ -173,47 +176,91 @@ def apply_step_times(rows: dict, ratios: dict) -> None:
                 row["step_time_ratio"] = ratio
 
 
-def _measured_rows(out_dir: str, seed: int) -> tuple[dict, dict | None, str]:
+def _measured_rows(out_dir: str, seed: int, settings) -> tuple[dict, dict | None, str]:
     """(rows, coverage, file) of ``seed`` already measured in ``out_dir``: an interrupted run's partial file, else a
-    finished run's ``results.json``; empty when neither holds the seed."""
+    finished run's ``results.json``; empty when neither holds the seed. Rows measured under other settings (another
+    ``--members``, ``--quick``, base model) are refused: kept beside this run's, they would be compared as equals."""
     partial = os.path.join(out_dir, f"partial-seed{seed}.json")
     if os.path.isfile(partial):
-        return (*_read_partial(partial), partial)
+        rows, coverage, stored = _read_partial(partial)
+        _check_same_settings(stored, settings, partial)
+        return rows, coverage, partial
     results = os.path.join(out_dir, "results.json")
     if os.path.isfile(results):
         with open(results, encoding="utf-8") as f:
             kept = json.load(f)
         rows = kept.get("per_seed", {}).get(str(seed))
         if rows is not None:
+            _check_same_settings(kept.get("config", {}).get("settings"), settings, results)
             return rows, kept.get("private_mask_coverage"), results
     return {}, None, ""
 
 
-def _write_partial(out_dir: str, seed: int, rows: dict, coverage: dict | None) -> None:
-    with open(os.path.join(out_dir, f"partial-seed{seed}.json"), "w", encoding="utf-8") as f:
-        json.dump({"rows": rows, "private_mask_coverage": coverage}, f, indent=1)
+def _check_same_settings(stored: dict | None, settings, path: str) -> None:
+    if stored is None:
+        raise SystemExit(f"--resume: {path} does not record the settings its rows were measured under (written by "
+                         "older code), so they cannot be checked against this run's; report it with --report-from, or "
+                         "rerun its arms into another --out")
+    changed = differences(stored, settings)
+    if changed:
+        raise SystemExit(f"--resume: {path} was measured under other settings ({'; '.join(changed)}); give the same "
+                         "flags as the run that wrote it, or use another --out")
 
 
-def _read_partial(path: str) -> tuple[dict, dict | None]:
-    """(rows, private-mask coverage) of one ``partial-seed<N>.json``."""
+def _write_partial(out_dir: str, seed: int, rows: dict, coverage: dict | None, settings) -> None:
+    """The rows measured so far for ``seed``, with the settings they were measured under, replacing the file whole."""
+    data = {"rows": rows, "private_mask_coverage": coverage, "settings": to_dict(settings)}
+    write_atomically(os.path.join(out_dir, f"partial-seed{seed}.json"), json.dumps(data, indent=1).encode())
+
+
+def _read_partial(path: str) -> tuple[dict, dict | None, dict | None]:
+    """(rows, private-mask coverage, settings) of one ``partial-seed<N>.json``; None for what older files lack."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if "rows" in data:
-        return data["rows"], data.get("private_mask_coverage")
-    return data, None  # written before the file carried the coverage: the rows alone
+        return data["rows"], data.get("private_mask_coverage"), data.get("settings")
+    return data, None, None  # written before the file carried the coverage: the rows alone
 
 
-def read_partials(out_dir: str) -> tuple[dict, dict | None]:
-    """({seed: rows}, private-mask coverage) from the ``partial-seed<N>.json`` files an interrupted run left."""
-    per_seed, coverage = {}, None
+def read_partials(out_dir: str) -> tuple[dict, dict | None, dict | None]:
+    """({seed: rows}, private-mask coverage, settings) from the ``partial-seed<N>.json`` files an interrupted run left.
+
+    The settings are those the files record (None when none does: files written by older code); files that record
+    different settings are refused."""
+    per_seed, coverage, stored = {}, None, {}
     names = sorted(n for n in os.listdir(out_dir) if n.startswith("partial-seed") and n.endswith(".json"))
     if not names:
         raise SystemExit(f"--report-from {out_dir}: no partial-seed<N>.json files there")
     for name in names:
         seed = int(name[len("partial-seed"):-len(".json")])
-        per_seed[seed], found = _read_partial(os.path.join(out_dir, name))
+        per_seed[seed], found, settings = _read_partial(os.path.join(out_dir, name))
         coverage = coverage or found
-    return per_seed, coverage
+        if settings is not None:
+            stored[name] = settings
+    if len({json.dumps(s, sort_keys=True) for s in stored.values()}) > 1:
+        raise SystemExit(f"--report-from {out_dir}: the partial files were measured under different settings "
+                         f"({', '.join(sorted(stored))}); report each run's files from a folder of their own")
+    return per_seed, coverage, next(iter(stored.values()), None)
+
+
+def settings_for(args, stored: dict | None = None, source: str = "") -> FinetuneSettings:
+    """The run's settings from the flags; with ``stored`` (the settings partial files recorded), those, and an
+    explicit ``--members`` or ``--base-model`` that says otherwise is an error rather than a relabelled report."""
+    if stored is not None:
+        try:
+            settings = from_dict(stored, source)
+        except (TypeError, ValueError) as err:
+            raise SystemExit(f"--report-from: {err}") from None
+        for flag, value, kept in (("--members", args.members, settings.members),
+                                  ("--base-model", args.base_model, settings.base_model)):
+            if value is not None and value != kept:
+                raise SystemExit(f"--report-from {source}: {flag} {value} but the partial files were measured with "
+                                 f"{kept!r}; drop the flag (the files' settings are used) or report the right folder")
+        return settings
+    members = args.members or "copies"
+    settings = FinetuneSettings.quick(members=members) if args.quick else FinetuneSettings(members=members)
+    settings.base_model = args.base_model
+    return settings
 
 
 def main(argv=None) -> int:
@@ -221,10 +268,9 @@ def main(argv=None) -> int:
     threads = args.threads or max(1, min(2, os.cpu_count() or 1))
     torch.set_num_threads(threads)
     os.makedirs(args.out, exist_ok=True)
-    settings = FinetuneSettings.quick(members=args.members) if args.quick else FinetuneSettings(members=args.members)
-    settings.base_model = args.base_model
     if args.report_from:
-        per_seed, coverage = read_partials(args.out)
+        per_seed, coverage, stored = read_partials(args.out)
+        settings = settings_for(args, stored, args.out)
         timing_path = os.path.join(args.out, TIMING_FILE)
         if os.path.isfile(timing_path):  # measured apart by --timing-only: the interrupted run's were lost
             with open(timing_path, encoding="utf-8") as f:
@@ -234,6 +280,10 @@ def main(argv=None) -> int:
         config = {"assembled_from_partials": True, "seeds": sorted(per_seed)}
         return write_report(args, per_seed, coverage, settings, description, "as in that log", threads,
                             time.perf_counter(), config, None)
+    settings = settings_for(args)
+    if args.resume:  # before minutes of loading and training, not after
+        for seed in args.seed_list:
+            _measured_rows(args.out, seed, settings)
     general_path = args.general_text or (SHAKESPEARE if os.path.isfile(SHAKESPEARE) else None)
     general_text, general_source = load_text(general_path, 400_000)
     started = time.perf_counter()
@@ -248,9 +298,9 @@ def main(argv=None) -> int:
     if args.timing_only:
         data = datasets_.build(tokenizer, settings, general_text, seeds[0])
         ratios = step_time_ratios(args.arm_list, base, data, tokenizer, settings, timing_steps)
-        with open(os.path.join(args.out, TIMING_FILE), "w", encoding="utf-8") as f:
-            json.dump({"seed": seeds[0], "step_time_ratios": ratios, "timing_steps": timing_steps,
-                       "machine": machine_description(threads)}, f, indent=2)
+        timing = {"seed": seeds[0], "step_time_ratios": ratios, "timing_steps": timing_steps,
+                  "machine": machine_description(threads)}
+        write_atomically(os.path.join(args.out, TIMING_FILE), json.dumps(timing, indent=2).encode())
         print(f"step time against standard: {ratios}")
         return 0
     per_seed, coverage, found = {}, None, {}
@@ -287,9 +337,7 @@ def write_report(args, per_seed: dict, coverage, settings, description: str, gen
         "per_seed": {str(k): v for k, v in per_seed.items()},
         "seconds": time.perf_counter() - started,
     }
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
+    write_atomically(os.path.join(args.out, "results.json"), (json.dumps(results, indent=2) + "\n").encode())
     header = [
         "# Fine-tuning isolation benchmark", "", f"Command: `{command}`", "", f"Machine: {results['machine']}", "",
         f"Base: {description}. {report.members_line(settings)}, {settings.n_background} seen "
@@ -299,8 +347,7 @@ def write_report(args, per_seed: dict, coverage, settings, description: str, gen
         "'gap' = held-out records' secret loss minus the members'; 'gap closed' = 1 - gap / standard's gap.",
     ]
     md = report.markdown(summary, results["config"], header, target_lines, coverage, found)
-    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(md)
+    write_atomically(os.path.join(args.out, "results.md"), md.encode())
     report.plot(summary, os.path.join(args.out, "tradeoff.png"))
     for seed in seeds:  # a seed whose rows were all kept from a finished run's results.json has no partial file
         partial = os.path.join(args.out, f"partial-seed{seed}.json")

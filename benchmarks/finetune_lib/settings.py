@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 
@@ -60,3 +61,20 @@ def to_dict(settings) -> dict:
     out = dataclasses.asdict(settings)
     out["groups"] = {str(k): v for k, v in settings.groups.items()}
     return out
+
+
+def from_dict(stored: dict, source: str) -> FinetuneSettings:
+    """The settings ``to_dict`` wrote (into ``source``, named in errors): every field, and no field this code lacks."""
+    fields = {f.name for f in dataclasses.fields(FinetuneSettings)}
+    unknown, missing = sorted(set(stored) - fields), sorted(fields - set(stored))
+    if unknown or missing:
+        raise ValueError(f"{source}: its settings do not match this benchmark's (unknown fields {unknown}, missing "
+                         f"{missing}); it was written by other code. Rerun the arms, or report with that code.")
+    return FinetuneSettings(**{**stored, "groups": {int(k): v for k, v in stored["groups"].items()}})
+
+
+def differences(stored: dict, settings: FinetuneSettings) -> list[str]:
+    """``field: stored -> now`` for each setting of ``stored`` (as ``to_dict`` wrote it) that ``settings`` changes."""
+    now = json.loads(json.dumps(to_dict(settings)))
+    return [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(stored) | set(now))
+            if stored.get(k) != now.get(k)]

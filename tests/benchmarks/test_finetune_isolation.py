@@ -106,6 +106,21 @@ def test_quick_run_writes_every_arm_and_mode(tmp_path):
     timing = json.loads((partial / "timing.json").read_text())
     assert again["per_seed"]["0"]["sinks/drop"]["step_time_ratio"] == timing["step_time_ratios"]["sinks"] > 0
 
+    # partial files that record their settings are reported under those settings, not the flags' defaults
+    people = {**results["config"]["settings"], "members": "people"}
+    for seed, rows in results["per_seed"].items():
+        (partial / f"partial-seed{seed}.json").write_text(json.dumps(
+            {"rows": rows, "private_mask_coverage": results["private_mask_coverage"], "settings": people}))
+    report_from = [sys.executable, str(REPO / "benchmarks" / "finetune_isolation.py"), "--quick", "--threads", "1",
+                   "--report-from", "--arms", "headline", "--later-seed-arms", "sinks", "--out", str(partial)]
+    refused = subprocess.run(report_from + ["--members", "copies"], cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode != 0 and "--members copies" in refused.stderr and "'people'" in refused.stderr
+    assert len(list(partial.glob("partial-seed*.json"))) == 2  # nothing reported, nothing removed
+    subprocess.run(report_from, check=True, cwd=REPO, capture_output=True, timeout=300)
+    assert json.loads((partial / "results.json").read_text())["config"]["settings"]["members"] == "people"
+    assert "Members: people" in (partial / "results.md").read_text()
+
 
 def test_the_timed_steps_are_past_the_warm_up_so_the_shared_units_learn_in_them():
     import torch
@@ -145,6 +160,33 @@ def test_resume_keeps_measured_arms_and_trains_only_the_new_ones(tmp_path):
     assert ": trained" not in log and "seed 0 sinks_x16: kept from" in log
     assert json.loads((out / "results.json").read_text())["per_seed"]["0"] == rows
     assert not list(out.glob("partial-seed*.json"))
+
+
+@pytest.mark.parametrize("kept", ["results.json", "partial-seed0.json", "partial-seed0.json without settings"])
+def test_resume_refuses_rows_measured_under_other_settings_before_training_anything(tmp_path, kept):
+    import torch
+
+    import finetune_isolation
+    from finetune_lib.settings import FinetuneSettings, to_dict
+
+    rows = {"standard": {"heldout_task_loss": 1.0}}
+    if kept == "results.json":
+        content = {"config": {"settings": to_dict(FinetuneSettings.quick())}, "per_seed": {"0": rows}}
+    elif kept == "partial-seed0.json":
+        content = {"rows": rows, "private_mask_coverage": None, "settings": to_dict(FinetuneSettings.quick())}
+    else:
+        content = {"rows": rows, "private_mask_coverage": None}
+    path = tmp_path / kept.split()[0]
+    path.write_text(json.dumps(content))
+    before, threads = path.read_bytes(), torch.get_num_threads()
+    expected = r"members: 'copies' -> 'people'" if "without" not in kept else "does not record the settings"
+    try:
+        with pytest.raises(SystemExit, match=expected):
+            finetune_isolation.main(["--quick", "--members", "people", "--resume", "--arms", "standard", "--threads",
+                                     str(threads), "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
 def test_the_frozen_mlp_arm_trains_everything_but_the_pretrained_mlp_units():
