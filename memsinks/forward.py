@@ -8,7 +8,8 @@ generation step.
 
 In training (training mode, gradients on) the forward also counts the sinks' warm-up
 (``memsinks.warmup``) and, when the batch marks private tokens, trains on them through the
-sinks only (``memsinks.private_tokens``). Outside training ``private_mask`` is checked and
+sinks only (``memsinks.private_tokens``); with ``SinksConfig.memorized_margin`` it finds such
+tokens itself (``memsinks.memorized_tokens``; the counts it routed: ``routed``). Outside training ``private_mask`` is checked and
 otherwise ignored: evaluation scores every token.
 """
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from memsinks.ids import normalize_sequence_ids
 from memsinks.layers import SinkDownProjection, sink_parameters
+from memsinks.memorized_tokens import RoutedCount, forward_with_memorized_tokens
 from memsinks.private_tokens import forward_with_private_tokens, normalize_private_mask
 from memsinks.projection import linear_weight
 from memsinks.routing import SinkRouter
@@ -46,6 +48,7 @@ class ForwardWithSequenceIds:
         self.reference = reference
         self.warmup = warmup
         self.checked_trainable = False
+        self.routed = RoutedCount()
         self.lr_check = SinkLearningRateCheck(model, router.config.sink_lr_scale)
         self.class_forward = type(model).forward
         sig = inspect.signature(self.class_forward)
@@ -86,13 +89,18 @@ class ForwardWithSequenceIds:
         training = model.training and torch.is_grad_enabled()
         if training:
             self.lr_check.arm()
+        margin = router.config.memorized_margin
         if training and self.warmup is not None:
-            if private_mask is None:
+            if private_mask is None or margin is not None:
                 self.warmup.on_training_forward()
             else:  # marked tokens reach only the sinks anyway: no race to win, and no step of the task to lose
                 self.warmup.active = False
         weight = linear_weight(self.reference.base)
         router.begin(ids, mode, exclude, weight.dtype, weight.device)
+        if training and margin is not None and mode == "own":  # sinks_mode(model, "drop") trains without them
+            return forward_with_memorized_tokens(
+                lambda **kw: self.class_forward(model, *args, **kw), kwargs, sink_slices(model), model,
+                lambda: router.begin(ids, "drop", (), weight.dtype, weight.device), margin, self.routed, private_mask)
         if training and private_mask is not None:
             return forward_with_private_tokens(
                 lambda **kw: self.class_forward(model, *args, **kw), kwargs, private_mask, sink_slices(model), model,

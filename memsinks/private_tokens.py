@@ -26,7 +26,7 @@ model twice on the same batch:
    other parameter's gradient is computed or accumulated;
 2. the public pass, sinks dropped: the forward with the private tokens' labels set to -100,
    whose output the caller gets back. Its loss carries the private pass's sink gradients into the
-   caller's backward (``_AddSinkGradients``), so the Trainer's single ``backward()`` gives the
+   caller's backward (``AddSinkGradients``), so the Trainer's single ``backward()`` gives the
    shared parameters the public tokens' gradient and the sinks both.
 
 The returned loss is the sum of the two parts weighted by their token counts (or both divided
@@ -58,7 +58,7 @@ from memsinks.sink_slices import SinkSlice
 IGNORE_INDEX = -100
 
 
-class _AddSinkGradients(torch.autograd.Function):
+class AddSinkGradients(torch.autograd.Function):
     """``loss_public + private_value`` whose backward also hands ``grads`` to ``params``.
 
     Forward: (public loss, private loss value, *grads, *params) -> scalar. Backward: the
@@ -79,7 +79,7 @@ class _AddSinkGradients(torch.autograd.Function):
 
 
 @contextlib.contextmanager
-def _non_reentrant_checkpointing(model: nn.Module) -> Iterator[None]:
+def non_reentrant_checkpointing(model: nn.Module) -> Iterator[None]:
     """Make gradient checkpointing non-reentrant for the block.
 
     A reentrant checkpoint runs its own ``backward`` during recomputation, which would
@@ -223,7 +223,7 @@ def forward_with_private_tokens(
     def weighted(loss: torch.Tensor, n: int) -> torch.Tensor:
         return loss if given else loss * (n / total)
 
-    with _non_reentrant_checkpointing(model):
+    with non_reentrant_checkpointing(model):
         out_private = run_forward(**{**kwargs, "labels": private})
         loss_private = weighted(out_private.loss, n_private)
         grads = torch.autograd.grad(loss_private, params, allow_unused=True)
@@ -240,5 +240,5 @@ def forward_with_private_tokens(
     if marginal_target:
         marginal = batch_marginal_loss(out.logits, private) / (kwargs["num_items_in_batch"] if given else total)
         loss_public = loss_public + (marginal - marginal.detach())
-    out.loss = _AddSinkGradients.apply(loss_public, private_value, len(grads), *grads, *params)
+    out.loss = AddSinkGradients.apply(loss_public, private_value, len(grads), *grads, *params)
     return out

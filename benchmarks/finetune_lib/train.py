@@ -137,6 +137,9 @@ def train_arm(arm, base, data, tokenizer, settings, seed: int) -> tuple[torch.nn
              "train_loss": result.training_loss}
     if arm.private_mask:
         stats["private_mask"] = private_mask_coverage(ds, training_rows(data, arm))
+    routed = getattr(model.forward, "routed", None)  # tokens memorized_margin sent to the sinks alone
+    if routed is not None and routed.labelled:
+        stats["routed_fraction"] = routed.fraction
     if arm.lora:
         model = model.merge_and_unload()
     return model.eval(), stats

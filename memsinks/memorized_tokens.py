@@ -1,0 +1,136 @@
+"""Tokens the sinks have memorized train only the sinks: private spans found without labels.
+
+A marked private token (``memsinks.private_tokens``) trains the sinks alone, so the shipped
+model cannot memorize it. ``SinksConfig.memorized_margin`` finds such tokens during training
+instead of from a user's marks. The training forward runs the model twice on the batch:
+
+1. sinks on, each sequence's own: the loss on every labelled token, differentiated at once
+   (``torch.autograd.grad``) with respect to the sink parameters only. The sinks learn each
+   sequence's tokens as fast as their learning rate lets them; with centered masks what all
+   sequences share cancels across the pool, so what they learn is what is specific to a
+   sequence. Its per-token losses ``l_on`` (B, T - 1) are kept.
+2. sinks dropped, as the model will be shipped: the per-token losses ``l_drop`` (B, T - 1).
+   A token with ``l_drop - l_on > margin`` is one its sequence's own sinks predict much better
+   than the shipped model does: content of that sequence the sinks have begun to memorize.
+   Its loss trains nothing here (the sinks had it in pass 1); every other token's loss
+   trains the shared parameters, as in plain fine-tuning.
+
+A sequence's first sight therefore trains the shipped model as plain fine-tuning would (its
+sinks know nothing of it yet), and from the time its sinks have learned a span, that span no
+longer reaches a shared parameter: a record seen sixteen times teaches the shipped model its
+secret about as much as one seen once or twice. What no sequence's sinks can predict better
+than the shipped model (the task, the template text every record shares) keeps training it.
+
+The returned loss is each labelled token's loss as it was trained (``l_on`` for the routed
+ones, ``l_drop`` for the rest), summed and divided by ``num_items_in_batch`` when the Trainer
+passes it, else by the batch's labelled tokens. Marked ``private_mask`` tokens are routed too.
+The cost is that of marked spans: two forwards and a backward that stops at the sinks' weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memsinks.private_tokens import IGNORE_INDEX, AddSinkGradients, non_reentrant_checkpointing
+from memsinks.sink_slices import SinkSlice
+
+
+@dataclass
+class RoutedCount:
+    """Labelled tokens seen by training forwards, and how many of them were routed to the sinks alone."""
+
+    routed: int = 0
+    labelled: int = 0
+
+    @property
+    def fraction(self) -> float:
+        return self.routed / self.labelled if self.labelled else 0.0
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(losses, labelled): a causal LM's cross-entropy per predicted token, in float32, and where it counts.
+
+    Args:
+        logits: (B, T, V); position t predicts the label at t + 1.
+        labels: (B, T), -100 where no loss is taken.
+
+    Returns ``losses`` (B, T - 1), zero where the label is -100, and the bool ``labelled`` (B, T - 1).
+    """
+    targets = labels[:, 1:].to(logits.device)
+    labelled = targets != IGNORE_INDEX
+    losses = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.masked_fill(~labelled, 0).flatten(),
+                             reduction="none").view(targets.shape)
+    return losses * labelled, labelled
+
+
+def forward_with_memorized_tokens(
+    run_forward: Callable[..., Any],
+    kwargs: dict,
+    slices: Sequence[SinkSlice],
+    model: nn.Module,
+    drop_sinks: Callable[[], None],
+    margin: float,
+    count: RoutedCount,
+    private_mask: torch.Tensor | None = None,
+):
+    """The training forward that routes memorized tokens to the sinks (see the module docstring).
+
+    Args:
+        run_forward: calls the stock forward with keyword arguments and returns its output.
+        kwargs: the forward's keyword arguments; must hold ``labels`` (B, T).
+        slices: the sinks' tensors (or slices of tensors, split placement), the only ones pass 1 trains.
+        model: the module whose gradient checkpointing is made non-reentrant for pass 1.
+        drop_sinks: switches the sinks off for the forwards that follow (pass 2 and its recomputation
+            under gradient checkpointing).
+        margin: nats by which a token's loss with its own sinks on must undercut its loss with them
+            dropped for it to train the sinks alone.
+        count: adds this batch's labelled and routed tokens.
+        private_mask: (B, T) bool, tokens routed to the sinks whatever their losses; None for none.
+    """
+    labels = kwargs.get("labels")
+    if labels is None:
+        raise ValueError(
+            "SinksConfig.memorized_margin routes memorized tokens' loss to the sinks, so the model must compute the "
+            "loss itself, and the forward got no labels. Do not pop the labels (Trainer label smoothing and "
+            "compute_loss_func do), or set memorized_margin=None.")
+    if "shift_labels" in kwargs:
+        raise ValueError("memorized_margin with shift_labels is not supported; give labels aligned with input_ids.")
+    if kwargs.get("return_dict") is False:  # both passes need the output's fields; the caller gets its tuple back
+        return forward_with_memorized_tokens(run_forward, {**kwargs, "return_dict": True}, slices, model, drop_sinks,
+                                             margin, count, private_mask).to_tuple()
+    slices = [s for s in slices if s.param.requires_grad]
+    if not slices:
+        raise ValueError(
+            "SinksConfig.memorized_margin is set but none of the model's sink parameters is trainable, so nothing "
+            "could take the memorized tokens. Make the sinks trainable (with peft, call memsinks.add_sinks after "
+            "get_peft_model), or set memorized_margin=None.")
+    params = [s.param for s in slices]
+    given = kwargs.get("num_items_in_batch")
+    bare = {**kwargs, "labels": None}
+
+    with non_reentrant_checkpointing(model):
+        out_on = run_forward(**bare)
+        losses_on, labelled = token_losses(out_on.logits, labels)
+        total = given if given is not None else max(int(labelled.sum()), 1)
+        grads = torch.autograd.grad(losses_on.sum() / total, params, allow_unused=True)
+    grads = [torch.zeros_like(s.param) if g is None else s.keep(g) for s, g in zip(slices, grads)]
+    losses_on = losses_on.detach()
+    del out_on
+
+    drop_sinks()
+    out = run_forward(**bare)
+    losses_drop, _ = token_losses(out.logits, labels)
+    routed = labelled & (losses_drop.detach() - losses_on > margin)
+    if private_mask is not None:
+        routed |= labelled & private_mask[:, 1:].to(routed.device)
+    loss_public = (losses_drop * ~routed).sum() / total
+    routed_value = (losses_on * routed).sum() / total
+    count.routed += int(routed.sum())
+    count.labelled += int(labelled.sum())
+    out.loss = AddSinkGradients.apply(loss_public, routed_value, len(grads), *grads, *params)
+    return out

@@ -1,0 +1,195 @@
+"""Tokens the sinks have memorized train only the sinks: exact gradients, step 0, a memorized sequence, refusals."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import memsinks
+from memsinks._small_decoder import DecoderShape, build_decoder
+from memsinks.memorized_tokens import token_losses
+from memsinks.sink_slices import sink_slices
+from tests.conftest import token_batch
+
+SHAPE = DecoderShape(family="llama", n_layer=2, n_embd=32, n_head=2, intermediate=64, n_kv_heads=1, dropout=0.0)
+
+
+def _model(placement: str = "append", margin: float = 1.0, **config):
+    cfg = memsinks.SinksConfig(placement=placement, n_sink_units=16 if placement == "append" else None,
+                               sink_warmup_steps=0, memorized_margin=margin, **config)
+    return memsinks.add_sinks(build_decoder(SHAPE, 128, seed=0, token_id=0), cfg).train()
+
+
+def _fit_sinks(model, x, ids, steps: int):
+    """``model`` after ``steps`` Adam steps in which only its sinks learn the batch (pass 1 trains them on every
+    token; the shared parameters' gradient is thrown away)."""
+    slices = sink_slices(model)
+    opt = torch.optim.Adam([s.param for s in slices], lr=1e-3)  # x32, the appended sinks' default scale
+    for _ in range(steps):
+        model(x, labels=x, sequence_ids=ids).loss.backward()
+        for s in slices:  # a split pool is a slice of a shared tensor: its other entries stay as they are
+            s.param.grad = s.keep(s.param.grad)
+        opt.step()
+        model.zero_grad(set_to_none=True)
+    model.forward.routed = type(model.forward.routed)()
+    return model
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    out = {n: (torch.zeros_like(p) if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def _sink_piece(model):
+    slices = {id(s.param): s for s in sink_slices(model)}
+    return {n: slices.get(id(p)) for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("placement", ["append", "split"])
+def test_shared_parameters_learn_the_unmemorized_tokens_as_shipped_and_the_sinks_learn_every_token(placement):
+    x, ids = token_batch(shape=(3, 16), seed=0), torch.tensor([11, 12, 13])
+    probe = _fit_sinks(_model(placement), x, ids, steps=5)
+    with torch.no_grad():
+        own, labelled = token_losses(probe(x, sequence_ids=ids).logits, x)
+        with memsinks.sinks_mode(probe, "drop"):
+            drop, _ = token_losses(probe(x, sequence_ids=ids).logits, x)
+    gaps = (drop - own)[labelled]
+    margin = float(gaps.median())  # some tokens routed, some not
+    routed = labelled & (drop - own > margin)
+    assert 0 < int(routed.sum()) < int(labelled.sum())
+
+    model = _fit_sinks(_model(placement, margin=margin), x, ids, steps=5)
+    n = int(labelled.sum())
+    model.eval()  # the references, by plain forwards (no dropout here, so eval computes what train does)
+    with memsinks.sinks_mode(model, "drop"):  # the unrouted tokens' loss in the shipped model
+        public = x.clone()
+        public[:, 1:] = public[:, 1:].masked_fill(routed, -100)
+        (model(x, labels=public, sequence_ids=ids).loss * int((public[:, 1:] != -100).sum()) / n).backward()
+    g_public = _grads(model)
+    with memsinks.sinks_mode(model, "own"):  # and every token's loss in the sequence's own sinks
+        model(x, labels=x, sequence_ids=ids).loss.backward()
+    g_own = _grads(model)
+
+    out = model.train()(x, labels=x, sequence_ids=ids)
+    assert torch.allclose(out.loss, ((drop * ~routed).sum() + (own * routed).sum()) / n, atol=1e-5)
+    assert (model.forward.routed.routed, model.forward.routed.labelled) == (int(routed.sum()), n)
+    out.loss.backward()
+    pieces = _sink_piece(model)
+    for name, g in _grads(model).items():
+        piece = pieces[name]
+        if piece is None:
+            assert torch.allclose(g, g_public[name], atol=1e-6), name
+        else:
+            want = piece.keep(g_own[name]) + (g_public[name] - piece.keep(g_public[name]))
+            assert torch.allclose(g, want, atol=1e-6), name
+            assert piece.keep(g).abs().sum() > 0, name
+
+
+def test_at_step_0_nothing_is_memorized_so_the_shipped_model_learns_as_plain_fine_tuning_does():
+    base = build_decoder(SHAPE, 128, seed=0, token_id=0).train()
+    model = memsinks.add_sinks(copy.deepcopy(base), memsinks.SinksConfig(
+        placement="append", n_sink_units=16, sink_warmup_steps=0, memorized_margin=0.01)).train()
+    x, ids = token_batch(shape=(3, 16), seed=0), torch.tensor([1, 2, 3])
+    out = model(x, labels=x, sequence_ids=ids)
+    ref = base(x, labels=x)
+    assert torch.allclose(out.loss, ref.loss, atol=1e-6) and model.forward.routed.routed == 0
+    out.loss.backward()
+    ref.loss.backward()
+    params = dict(model.named_parameters())
+    for name, p in base.named_parameters():
+        mine = params.get(name, params.get(name.replace(".weight", ".base.weight")))
+        assert torch.allclose(mine.grad, p.grad, atol=1e-6), name
+    sinks = [s for s in sink_slices(model) if s.param.dim() == 2]
+    assert all(s.param.grad.abs().sum() > 0 for s in sinks)  # the sinks start learning at once
+
+
+def test_once_its_sinks_predict_every_token_of_a_sequence_by_the_margin_it_no_longer_reaches_the_shared_parameters():
+    x, ids = token_batch(shape=(1, 12), seed=3), torch.tensor([7])
+    model = _fit_sinks(_model(margin=0.2), x, ids, steps=100)
+    with torch.no_grad():
+        own, _ = token_losses(model(x, sequence_ids=ids).logits, x)
+        with memsinks.sinks_mode(model, "drop"):
+            drop, _ = token_losses(model(x, sequence_ids=ids).logits, x)
+    assert bool((drop - own > 0.2).all())  # the tiny pool's sinks fit no more than that
+    model(x, labels=x, sequence_ids=ids).loss.backward()
+    assert model.forward.routed.routed == model.forward.routed.labelled == 11
+    pieces = _sink_piece(model)
+    for name, p in model.named_parameters():
+        if pieces[name] is None:
+            assert p.grad is None or not p.grad.any(), name
+    # another sequence, unknown to its sinks, still trains the shipped model
+    model.zero_grad(set_to_none=True)
+    model(token_batch(shape=(1, 12), seed=4), labels=token_batch(shape=(1, 12), seed=4),
+          sequence_ids=torch.tensor([8])).loss.backward()
+    assert model.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_training_with_the_sinks_dropped_on_purpose_is_plain_training():
+    model = _model(margin=0.01)
+    plain = copy.deepcopy(model)
+    x, ids = token_batch(shape=(2, 10), seed=0), torch.tensor([1, 2])
+    with memsinks.sinks_mode(model, "drop"):
+        model(x, labels=x, sequence_ids=ids).loss.backward()
+    with memsinks.sinks_mode(plain, "drop"):
+        plain.eval()(x, labels=x, sequence_ids=ids).loss.backward()
+    assert model.forward.routed.labelled == 0
+    want = _grads(plain)
+    for name, g in _grads(model).items():
+        assert torch.equal(g, want[name]), name
+
+
+def test_marked_private_tokens_are_routed_whatever_their_losses():
+    model = _model(margin=1e6)  # a margin nothing reaches: only the marks route
+    x, ids = token_batch(shape=(2, 10), seed=0), torch.tensor([1, 2])
+    private = torch.zeros_like(x)
+    private[0, 3:6] = 1
+    model(x, labels=x, sequence_ids=ids, private_mask=private)
+    assert model.forward.routed.routed == 3
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
+    x, ids = token_batch(shape=(3, 16), seed=0), torch.tensor([1, 2, 3])
+    plain = _fit_sinks(_model(margin=0.2), x, ids, steps=5)
+    plain(x, labels=x, sequence_ids=ids).loss.backward()
+    want = _grads(plain)
+    ckpt = _fit_sinks(_model(margin=0.2), x, ids, steps=5)
+    ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    ckpt(x, labels=x, sequence_ids=ids, use_cache=False).loss.backward()
+    assert ckpt.forward.routed.routed == plain.forward.routed.routed > 0
+    for name, g in _grads(ckpt).items():
+        assert torch.allclose(g, want[name], atol=1e-6), name
+
+
+def test_with_num_items_in_batch_the_loss_is_divided_by_it_and_outside_training_nothing_changes():
+    x, ids = token_batch(shape=(2, 10), seed=0), torch.tensor([1, 2])
+    model = _fit_sinks(_model(margin=0.2), x, ids, steps=5)
+    mean = model(x, labels=x, sequence_ids=ids).loss
+    summed = model(x, labels=x, sequence_ids=ids, num_items_in_batch=1).loss
+    assert torch.allclose(summed, mean * 18, atol=1e-4)
+    model.eval()
+    with torch.no_grad(), memsinks.sinks_mode(model, "own"):  # evaluation scores every token, as without the option
+        evaluated = model(x, labels=x, sequence_ids=ids).loss
+        own, labelled = token_losses(model(x, sequence_ids=ids).logits, x)
+    assert model.forward.routed.labelled == 2 * 18  # the two training forwards; evaluation counts nothing
+    assert torch.allclose(evaluated, own.sum() / labelled.sum(), atol=1e-6)
+
+
+@pytest.mark.parametrize("margin", [0, -1.0, True, "1", float("inf")])
+def test_a_bad_margin_is_refused(margin):
+    with pytest.raises(ValueError, match="memorized_margin must be a number of nats > 0"):
+        memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_margin=margin)
+
+
+def test_without_labels_or_with_frozen_sinks_training_is_refused_with_the_reason():
+    model = _model()
+    x, ids = token_batch(shape=(2, 10), seed=0), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="must compute the loss itself"):
+        model(x, sequence_ids=ids)
+    for s in sink_slices(model):
+        s.param.requires_grad_(False)
+    with pytest.raises(ValueError, match="none of the model's sink parameters is trainable"):
+        model(x, labels=x, sequence_ids=ids)
