@@ -119,14 +119,14 @@ class SinksConfig(SavedConfig):
         "secrets 1.6 nats per token likelier than unseen ones', no extraction, exposure near chance; "
         "docs/finetuning.md). Use it for numbers, where the bag of digits says little.")})
 
-    memorized_margin: float | None = field(default=None, metadata={"help": (
+    memorized_threshold: float | None = field(default=None, metadata={"help": (
         "Route what the sinks have memorized to the sinks alone, without labels (memsinks.memorized_tokens). "
         "In training every batch runs twice: with each sequence's own sinks on, training only the sinks on "
         "every token; with the sinks dropped, training the rest on every token but those whose loss with "
-        "their own sinks on is at least this many nats below their loss with the sinks dropped. A span a "
-        "sequence's sinks have learned then stops reaching the shipped model, as a marked private span does. "
-        "None (the default): off. Costs what private_mask costs: a second forward per step and a backward "
-        "that stops at the sinks.")})
+        "their own sinks on is below this many nats while their loss with the sinks dropped is above it. A "
+        "span a sequence's sinks have memorized and the shipped model has not then stops reaching the shipped "
+        "model, as a marked private span does. None (the default): off. Costs what private_mask costs: a "
+        "second forward per step and a backward that stops at the sinks.")})
 
     def __post_init__(self) -> None:
         for name in ("p_gen", "p_mem"):
@@ -210,12 +210,12 @@ class SinksConfig(SavedConfig):
         steps = self.sink_warmup_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"SinksConfig.sink_warmup_steps must be an int >= 0; got {steps!r}.")
-        margin = self.memorized_margin
-        if margin is not None:
-            if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 < margin < float("inf"):
-                raise ValueError(f"SinksConfig.memorized_margin must be a number of nats > 0, or None for off; got "
-                                 f"{margin!r}.")
-            self.memorized_margin = float(margin)
+        threshold = self.memorized_threshold
+        if threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < float("inf"):
+                raise ValueError(f"SinksConfig.memorized_threshold must be a number of nats > 0, or None for off; got "
+                                 f"{threshold!r}.")
+            self.memorized_threshold = float(threshold)
         if self.private_token_target not in PRIVATE_TOKEN_TARGETS:
             raise ValueError(f"SinksConfig.private_token_target must be one of {PRIVATE_TOKEN_TARGETS}; got "
                              f"{self.private_token_target!r}.")

@@ -8,7 +8,7 @@ generation step.
 
 In training (training mode, gradients on) the forward also counts the sinks' warm-up
 (``memsinks.warmup``) and, when the batch marks private tokens, trains on them through the
-sinks only (``memsinks.private_tokens``); with ``SinksConfig.memorized_margin`` it finds such
+sinks only (``memsinks.private_tokens``); with ``SinksConfig.memorized_threshold`` it finds such
 tokens itself (``memsinks.memorized_tokens``; the counts it routed: ``routed``). Outside training ``private_mask`` is checked and
 otherwise ignored: evaluation scores every token.
 """
@@ -89,18 +89,18 @@ class ForwardWithSequenceIds:
         training = model.training and torch.is_grad_enabled()
         if training:
             self.lr_check.arm()
-        margin = router.config.memorized_margin
+        threshold = router.config.memorized_threshold
         if training and self.warmup is not None:
-            if private_mask is None or margin is not None:
+            if private_mask is None or threshold is not None:
                 self.warmup.on_training_forward()
             else:  # marked tokens reach only the sinks anyway: no race to win, and no step of the task to lose
                 self.warmup.active = False
         weight = linear_weight(self.reference.base)
         router.begin(ids, mode, exclude, weight.dtype, weight.device)
-        if training and margin is not None and mode == "own":  # sinks_mode(model, "drop") trains without them
+        if training and threshold is not None and mode == "own":  # sinks_mode(model, "drop") trains without them
             return forward_with_memorized_tokens(
                 lambda **kw: self.class_forward(model, *args, **kw), kwargs, sink_slices(model), model,
-                lambda: router.begin(ids, "drop", (), weight.dtype, weight.device), margin, self.routed, private_mask)
+                lambda: router.begin(ids, "drop", (), weight.dtype, weight.device), threshold, self.routed, private_mask)
         if training and private_mask is not None:
             return forward_with_private_tokens(
                 lambda **kw: self.class_forward(model, *args, **kw), kwargs, private_mask, sink_slices(model), model,

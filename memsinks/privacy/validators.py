@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from memsinks.data import SEQUENCE_IDS
-from memsinks.model import has_sinks, sinks_mode, unwrap_model
+from memsinks.model import get_sinks_config, has_sinks, sinks_mode, unwrap_model
 from memsinks.privacy.grad_sample import PerUnitClipper
 from memsinks.privacy.loss import causal_lm_row_losses
 
@@ -27,7 +27,8 @@ _MIXING_NORMS = (nn.modules.batchnorm._BatchNorm,)
 
 
 def check_model(model: nn.Module) -> None:
-    """Refuse layers that make one example's output depend on the others', and models with nothing to train."""
+    """Refuse layers that make one example's output depend on the others', models with nothing to train, and
+    sinks that would train outside per-example clipping."""
     for name, module in model.named_modules():
         if isinstance(module, _MIXING_NORMS):
             raise ValueError(
@@ -38,6 +39,13 @@ def check_model(model: nn.Module) -> None:
             )
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("The model has no trainable parameters; nothing to train privately.")
+    inner = unwrap_model(model)
+    if has_sinks(inner) and get_sinks_config(inner).memorized_threshold is not None:
+        raise ValueError(
+            f"The model's SinksConfig has memorized_threshold={get_sinks_config(inner).memorized_threshold}: routing "
+            "memorized tokens trains the sinks through a second backward pass that per-example clipping does not "
+            "see, so DP-SGD's guarantee would not cover it. Add the sinks with memorized_threshold=None to train with "
+            "DP-SGD, or train without make_private to route memorized tokens.")
 
 
 def check_trainer(trainer) -> None:

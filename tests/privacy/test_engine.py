@@ -122,6 +122,17 @@ def test_a_private_mask_column_is_refused_naming_it(tmp_path):
         memsinks.make_private(stock_trainer(model, data, tmp_path), memsinks.PrivacyConfig(noise_multiplier=1.0))
 
 
+def test_sinks_that_route_memorized_tokens_are_refused_before_training(tmp_path):
+    """The routing's first pass trains the sinks through a backward pass that per-example clipping never sees."""
+    model = memsinks.add_sinks(tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16,
+                                                                         memorized_threshold=1.0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"memorized_threshold=1.0.*memorized_threshold=None to train with DP-SGD"):
+        memsinks.make_private(stock_trainer(model, pattern_dataset(64), tmp_path),
+                              memsinks.PrivacyConfig(noise_multiplier=1.0))
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
 def test_the_sinks_warm_up_holds_under_dp(tmp_path):
     """During the warm-up only the sinks move, though DP-SGD's gradients bypass autograd's parameter hooks."""
     model = memsinks.add_sinks(tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16,
