@@ -18,7 +18,7 @@ from memsinks.warmup import PROGRESS_BUFFER
 
 from .train import _apply
 
-TIMED_ARMS = ("standard", "sinks", "sinks_private", "sinks_private_marginal")
+TIMED_ARMS = ("standard", "sinks", "sinks_private", "sinks_private_marginal", "sinks_memorized")
 
 
 def _batch(data, tokenizer, n: int):
