@@ -212,7 +212,8 @@ class SinksConfig(SavedConfig):
             raise ValueError(f"SinksConfig.sink_warmup_steps must be an int >= 0; got {steps!r}.")
         threshold = self.memorized_threshold
         if threshold is not None:
-            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < float("inf"):
+            number = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+            if not number or not 0.0 < threshold < float("inf"):
                 raise ValueError(f"SinksConfig.memorized_threshold must be a number of nats > 0, or None for off; got "
                                  f"{threshold!r}.")
             self.memorized_threshold = float(threshold)

@@ -8,9 +8,9 @@ generation step.
 
 In training (training mode, gradients on) the forward also counts the sinks' warm-up
 (``memsinks.warmup``) and, when the batch marks private tokens, trains on them through the
-sinks only (``memsinks.private_tokens``); with ``SinksConfig.memorized_threshold`` it finds such
-tokens itself (``memsinks.memorized_tokens``; the counts it routed: ``routed``). Outside training ``private_mask`` is checked and
-otherwise ignored: evaluation scores every token.
+sinks only (``memsinks.private_tokens``); with ``SinksConfig.memorized_threshold`` it finds
+such tokens itself (``memsinks.memorized_tokens``; what it routed is counted in ``routed``).
+Outside training ``private_mask`` is checked and otherwise ignored: evaluation scores every token.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ class ForwardWithSequenceIds:
         if training and threshold is not None and mode == "own":  # sinks_mode(model, "drop") trains without them
             return forward_with_memorized_tokens(
                 lambda **kw: self.class_forward(model, *args, **kw), kwargs, sink_slices(model), model,
-                lambda: router.begin(ids, "drop", (), weight.dtype, weight.device), threshold, self.routed, private_mask)
+                lambda: router.begin(ids, "drop", (), weight.dtype, weight.device), threshold, self.routed,
+                private_mask)
         if training and private_mask is not None:
             return forward_with_private_tokens(
                 lambda **kw: self.class_forward(model, *args, **kw), kwargs, private_mask, sink_slices(model), model,

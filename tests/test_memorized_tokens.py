@@ -114,7 +114,7 @@ def test_at_step_0_nothing_is_memorized_so_the_shipped_model_learns_as_plain_fin
     assert all(s.param.grad.abs().sum() > 0 for s in sinks)  # the sinks start learning at once
 
 
-def test_once_its_sinks_have_memorized_a_sequence_the_shipped_model_did_not_learn_it_no_longer_trains_the_shipped_model():
+def test_once_its_sinks_memorized_a_sequence_the_shipped_model_did_not_learn_it_stops_training_the_shipped_model():
     x, ids = token_batch(shape=(1, 12), seed=3), torch.tensor([7])
     model = _fit_sinks(_model(threshold=0.3), x, ids, steps=40)
     with torch.no_grad():

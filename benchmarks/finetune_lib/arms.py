@@ -119,10 +119,10 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("sinks_warm4_decay20", "defaults with a 4-step warm-up (task kept, on 3 seeds) and the shared parameters "
         "decayed toward the pretrained ones at rate 20 x lr (general text kept, on 3 seeds at rate 50)",
         sinks=_sinks(sink_warmup_steps=4), decay_to_base=20.0, tags=("lever",)),
-    Arm("sinks_memorized", "append sinks, defaults, and memorized_threshold=1.0: each batch runs twice, the sinks learn "
-        "every token, and a token whose loss is below 1 nat with its sequence's own sinks on and above it with them "
-        "dropped trains the sinks alone (memsinks.memorized_tokens; no labels)", sinks=_sinks(memorized_threshold=1.0),
-        tags=("lever",)),
+    Arm("sinks_memorized", "append sinks, defaults, and memorized_threshold=1.0: each batch runs twice, the sinks "
+        "learn every token, and a token whose loss is below 1 nat with its sequence's own sinks on and above it "
+        "with them dropped trains the sinks alone (memsinks.memorized_tokens; no labels)",
+        sinks=_sinks(memorized_threshold=1.0), tags=("lever",)),
     Arm("dedup_sinks", "append sinks, defaults, trained on the exactly deduplicated rows for the same epochs (each "
         "distinct record once per epoch)", sinks=_sinks(), dedup=True, tags=("lever",)),
     Arm("sinks_record_ids", "append sinks, defaults, with each row's sequence ID from its own text (content IDs) "
