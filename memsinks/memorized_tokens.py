@@ -118,7 +118,8 @@ def forward_with_memorized_tokens(
     with non_reentrant_checkpointing(model):
         out_on = run_forward(**bare)
         losses_on, labelled = token_losses(out_on.logits, labels)
-        total = given if given is not None else max(int(labelled.sum()), 1)
+        n_labelled = int(labelled.sum())
+        total = given if given is not None else max(n_labelled, 1)
         grads = torch.autograd.grad(losses_on.sum() / total, params, allow_unused=True)
     grads = [torch.zeros_like(s.param) if g is None else s.keep(g) for s, g in zip(slices, grads)]
     losses_on = losses_on.detach()
@@ -133,6 +134,6 @@ def forward_with_memorized_tokens(
     loss_public = (losses_drop * ~routed).sum() / total
     routed_value = (losses_on * routed).sum() / total
     count.routed += int(routed.sum())
-    count.labelled += int(labelled.sum())
+    count.labelled += n_labelled
     out.loss = AddSinkGradients.apply(loss_public, routed_value, len(grads), *grads, *params)
     return out

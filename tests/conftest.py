@@ -56,3 +56,18 @@ def run_python(code: str, env: dict | None = None, cwd: str | None = None) -> st
 def token_batch(vocab: int = 128, shape: tuple[int, int] = (3, 12), seed: int = 0) -> torch.Tensor:
     """Random token IDs in [1, vocab), int64 ``shape``, the same for the same seed."""
     return torch.randint(1, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def take_grads(model) -> dict[str, torch.Tensor]:
+    """name -> a copy of each parameter's ``.grad`` (zeros where None); the model's gradients are then cleared."""
+    out = {n: (torch.zeros_like(p) if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def sink_pieces(model) -> dict:
+    """name -> the sink slice of that parameter (``memsinks.sink_slices``), or None for a shared parameter."""
+    from memsinks.sink_slices import sink_slices
+
+    slices = {id(s.param): s for s in sink_slices(model)}
+    return {n: slices.get(id(p)) for n, p in model.named_parameters()}

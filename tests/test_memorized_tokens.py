@@ -11,7 +11,7 @@ import memsinks
 from memsinks._small_decoder import DecoderShape, build_decoder
 from memsinks.memorized_tokens import token_losses
 from memsinks.sink_slices import sink_slices
-from tests.conftest import token_batch
+from tests.conftest import sink_pieces, take_grads, token_batch
 
 SHAPE = DecoderShape(family="llama", n_layer=2, n_embd=32, n_head=2, intermediate=64, n_kv_heads=1, dropout=0.0)
 
@@ -46,17 +46,6 @@ def _fit_sinks(model, x, ids, steps: int):
     return model
 
 
-def _grads(model) -> dict[str, torch.Tensor]:
-    out = {n: (torch.zeros_like(p) if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    return out
-
-
-def _sink_piece(model):
-    slices = {id(s.param): s for s in sink_slices(model)}
-    return {n: slices.get(id(p)) for n, p in model.named_parameters()}
-
-
 @pytest.mark.parametrize("placement", ["append", "split"])
 def test_shared_parameters_learn_the_unmemorized_tokens_as_shipped_and_the_sinks_learn_every_token(placement):
     x, ids = token_batch(shape=(3, 16), seed=0), torch.tensor([11, 12, 13])
@@ -76,17 +65,17 @@ def test_shared_parameters_learn_the_unmemorized_tokens_as_shipped_and_the_sinks
         public = x.clone()
         public[:, 1:] = public[:, 1:].masked_fill(routed, -100)
         (model(x, labels=public, sequence_ids=ids).loss * int((public[:, 1:] != -100).sum()) / n).backward()
-    g_public = _grads(model)
+    g_public = take_grads(model)
     with memsinks.sinks_mode(model, "own"):  # and every token's loss in the sequence's own sinks
         model(x, labels=x, sequence_ids=ids).loss.backward()
-    g_own = _grads(model)
+    g_own = take_grads(model)
 
     out = model.train()(x, labels=x, sequence_ids=ids)
     assert torch.allclose(out.loss, ((drop * ~routed).sum() + (own * routed).sum()) / n, atol=1e-5)
     assert (model.forward.routed.routed, model.forward.routed.labelled) == (int(routed.sum()), n)
     out.loss.backward()
-    pieces = _sink_piece(model)
-    for name, g in _grads(model).items():
+    pieces = sink_pieces(model)
+    for name, g in take_grads(model).items():
         piece = pieces[name]
         if piece is None:
             assert torch.allclose(g, g_public[name], atol=1e-6), name
@@ -124,7 +113,7 @@ def test_once_its_sinks_memorized_a_sequence_the_shipped_model_did_not_learn_it_
     assert bool((own < 0.3).all() and (drop > 0.3).all())  # memorized by the sinks alone
     model(x, labels=x, sequence_ids=ids).loss.backward()
     assert model.forward.routed.routed == model.forward.routed.labelled == 11
-    pieces = _sink_piece(model)
+    pieces = sink_pieces(model)
     for name, p in model.named_parameters():
         if pieces[name] is None:
             assert p.grad is None or not p.grad.any(), name
@@ -144,8 +133,8 @@ def test_training_with_the_sinks_dropped_on_purpose_is_plain_training():
     with memsinks.sinks_mode(plain, "drop"):
         plain.eval()(x, labels=x, sequence_ids=ids).loss.backward()
     assert model.forward.routed.labelled == 0
-    want = _grads(plain)
-    for name, g in _grads(model).items():
+    want = take_grads(plain)
+    for name, g in take_grads(model).items():
         assert torch.equal(g, want[name]), name
 
 
@@ -163,12 +152,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
     x, ids = token_batch(shape=(3, 16), seed=0), torch.tensor([1, 2, 3])
     plain = _fit_sinks(_model(threshold=0.2), x, ids, steps=5)
     plain(x, labels=x, sequence_ids=ids).loss.backward()
-    want = _grads(plain)
+    want = take_grads(plain)
     ckpt = _fit_sinks(_model(threshold=0.2), x, ids, steps=5)
     ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     ckpt(x, labels=x, sequence_ids=ids, use_cache=False).loss.backward()
     assert ckpt.forward.routed.routed == plain.forward.routed.routed > 0
-    for name, g in _grads(ckpt).items():
+    for name, g in take_grads(ckpt).items():
         assert torch.allclose(g, want[name], atol=1e-6), name
 
 

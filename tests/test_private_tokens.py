@@ -8,7 +8,7 @@ import torch
 import memsinks
 from memsinks._small_decoder import DecoderShape, build_decoder
 from memsinks.sink_slices import sink_slices
-from tests.conftest import token_batch
+from tests.conftest import sink_pieces, take_grads, token_batch
 
 
 def _model(family: str, placement: str, seed: int = 0, **config):
@@ -25,18 +25,6 @@ def _batch(seed: int = 0):
     private[0, 5:9] = 1
     private[2, 10:14] = 1
     return x, torch.tensor([11, 12, 13]), private
-
-
-def _grads(model) -> dict[str, torch.Tensor]:
-    out = {n: (torch.zeros_like(p) if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    return out
-
-
-def _is_sink(model):
-    """name -> the sink slice of that parameter (or None)."""
-    slices = {id(s.param): s for s in sink_slices(model)}
-    return {n: slices.get(id(p)) for n, p in model.named_parameters()}
 
 
 # split with a learning-rate scale: the pool's up rows sit inside SplitSinkUpProjection wrappers
@@ -61,16 +49,16 @@ def test_shared_parameters_learn_public_tokens_as_shipped_and_sinks_only_private
     with memsinks.sinks_mode(model, "drop"):
         loss_public = model(x, labels=public, sequence_ids=ids).loss * n_pub / n_all
     loss_public.backward()
-    g_public = _grads(model)
+    g_public = take_grads(model)
     loss_secret = model(x, labels=secret, sequence_ids=ids).loss * n_sec / n_all
     loss_secret.backward()
-    g_secret = _grads(model)
+    g_secret = take_grads(model)
 
     out = model(x, labels=x, sequence_ids=ids, private_mask=private)
     assert torch.allclose(out.loss, loss_public + loss_secret, atol=1e-6)
     out.loss.backward()
-    got = _grads(model)
-    sinks = _is_sink(model)
+    got = take_grads(model)
+    sinks = sink_pieces(model)
     for name, g in got.items():
         piece = sinks[name]
         if piece is None:
@@ -87,7 +75,7 @@ def test_a_batch_whose_every_labelled_token_is_private_gives_shared_parameters_e
     x, ids, private = _batch()
     labels = x.masked_fill(~private.bool(), -100)
     model(x, labels=labels, sequence_ids=ids, private_mask=private).loss.backward()
-    sinks = _is_sink(model)
+    sinks = sink_pieces(model)
     for name, p in model.named_parameters():
         piece = sinks[name]
         if piece is None:
@@ -103,11 +91,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
     x, ids, private = _batch()
     plain = _model("llama", "append")
     plain(x, labels=x, sequence_ids=ids, private_mask=private).loss.backward()
-    want = _grads(plain)
+    want = take_grads(plain)
     ckpt = _model("llama", "append")
     ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     ckpt(x, labels=x, sequence_ids=ids, private_mask=private, use_cache=False).loss.backward()
-    for name, g in _grads(ckpt).items():
+    for name, g in take_grads(ckpt).items():
         assert torch.allclose(g, want[name], atol=1e-6), name
 
 
@@ -187,11 +175,11 @@ def test_return_dict_false_gets_the_same_loss_and_gradients_as_a_tuple():
     x, ids, private = _batch()
     out = model(x, labels=x, sequence_ids=ids, private_mask=private)
     out.loss.backward()
-    expected = _grads(model)
+    expected = take_grads(model)
     as_tuple = model(x, labels=x, sequence_ids=ids, private_mask=private, return_dict=False)
     assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], out.loss)
     as_tuple[0].backward()
-    for name, grad in _grads(model).items():
+    for name, grad in take_grads(model).items():
         assert torch.equal(grad, expected[name]), name
 
 
@@ -210,7 +198,7 @@ def test_the_column_survives_the_stock_trainer_and_its_private_tokens_reach_only
     assert "private_mask" in batch and "junk" not in batch
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer.train()
-    sinks = _is_sink(model)
+    sinks = sink_pieces(model)
     for name, p in model.named_parameters():
         if sinks[name] is None:
             assert torch.equal(p, before[name]), name  # every labelled token private: shared units never moved
@@ -259,8 +247,8 @@ def test_batch_marginal_adds_the_pooled_target_to_the_shipped_models_gradient_on
     with memsinks.sinks_mode(reference, "drop"):
         logits = reference(x, sequence_ids=ids).logits
     (_dense_marginal_loss(logits, x.masked_fill(~private.bool(), -100)) / n_all).backward()
-    sinks = _is_sink(marginal)
-    extra = _grads(reference)
+    sinks = sink_pieces(marginal)
+    extra = take_grads(reference)
     moved = 0
     for (name, p), q in zip(marginal.named_parameters(), plain.parameters()):
         want = q.grad if q.grad is not None else torch.zeros_like(q)
@@ -284,10 +272,10 @@ def test_a_batch_with_a_mask_but_no_private_token_still_trains_the_shared_parame
     x, ids, _ = _batch()
     with memsinks.sinks_mode(model, "drop"):
         model(x, labels=x, sequence_ids=ids).loss.backward()
-    want = _grads(model)
+    want = take_grads(model)
     model(x, labels=x, sequence_ids=ids, private_mask=torch.zeros_like(x)).loss.backward()
-    sinks = _is_sink(model)
-    for name, g in _grads(model).items():
+    sinks = sink_pieces(model)
+    for name, g in take_grads(model).items():
         assert torch.allclose(g, want[name], atol=1e-6), name
         if sinks[name] is not None:
             assert not g.any(), name  # the sinks learn only from private tokens
