@@ -97,12 +97,16 @@ class SinkUpProjection(_StockLayout):
     The pool's parameters are stored divided by ``scale`` (a power of two) and multiplied back
     in the forward, so that Adam moves the effective weights ``scale`` times faster;
     ``state_dict`` and ``unload`` give the effective weights.
+
+    With the model's ``router`` given, a forward whose pools are all off (drop mode) computes the
+    base units alone, (..., out): the down projection would multiply the pool's by zero.
     """
 
     def __init__(self, base: nn.Module, pool: int, generator: torch.Generator, scale: float = 1.0,
-                 paired: bool = False):
+                 paired: bool = False, router: SinkRouter | None = None):
         super().__init__()
         self.base = base
+        self.__dict__["router"] = router  # shared, not a submodule: one router per model
         in_features, _ = in_out(base)
         w = linear_weight(base)
         std = float(w.detach().float().std()) or 0.02
@@ -125,7 +129,9 @@ class SinkUpProjection(_StockLayout):
         return tensor * self.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., in) -> (..., out + pool)."""
+        """x: (..., in) -> (..., out + pool), or (..., out) when the router has the pools off."""
+        if self.router is not None and self.router.appended_pools_off():
+            return project(self.base, x)
         w, b = self.effective(self.sink_weight), self.effective(self.sink_bias)
         if not self.paired:
             pool_parts = [(w, b)]
@@ -457,7 +463,8 @@ class AppendSinkDownProjection(SinkDownProjection):
         generator = torch.Generator().manual_seed((config.routing_seed * 1000003 + layer) % (1 << 63))
         paired = config.paired_units
         for name in up:
-            setattr(mlp, name, SinkUpProjection(getattr(mlp, name), pool, generator, config.sink_lr_scale, paired))
+            setattr(mlp, name, SinkUpProjection(getattr(mlp, name), pool, generator, config.sink_lr_scale, paired,
+                                                      router))
         wrapper = cls(getattr(mlp, down), router, layer, pool, config.sink_lr_scale, config.sink_init, generator)
         setattr(mlp, down, wrapper)
         return wrapper
@@ -467,8 +474,11 @@ class AppendSinkDownProjection(SinkDownProjection):
         return self.sink_weight if self.scale == 1.0 else self.sink_weight * self.scale
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h: (B, T, units + pool) hidden activations -> (B, T, hidden)."""
+        """h: (B, T, units + pool) hidden activations, or (B, T, units) when the up projections left the
+        switched-off pool out -> (B, T, hidden)."""
         mask = self._mask(h)
+        if mask is None and h.shape[-1] == in_out(self.base)[0]:
+            return project(self.base, h)
         # one split, not two slices: its backward writes the input's gradient once, where each
         # slice's would zero-fill a full-width gradient and the two would then be added
         base_h, pool_h = torch.split(h, [h.shape[-1] - self.pool, self.pool], dim=-1)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memsinks.private_tokens import IGNORE_INDEX, AddSinkGradients, non_reentrant_checkpointing
+from memsinks.private_tokens import IGNORE_INDEX, AddSinkGradients, sinks_only_pass
 from memsinks.sink_slices import SinkSlice
 
 
@@ -115,7 +115,7 @@ def forward_with_memorized_tokens(
     given = kwargs.get("num_items_in_batch")
     bare = {**kwargs, "labels": None}
 
-    with non_reentrant_checkpointing(model):
+    with sinks_only_pass(model, slices):
         out_on = run_forward(**bare)
         losses_on, labelled = token_losses(out_on.logits, labels)
         n_labelled = int(labelled.sum())

@@ -101,6 +101,29 @@ def non_reentrant_checkpointing(model: nn.Module) -> Iterator[None]:
             module._gradient_checkpointing_func = func
 
 
+@contextlib.contextmanager
+def sinks_only_pass(model: nn.Module, slices: Sequence[SinkSlice]) -> Iterator[None]:
+    """The block computes a gradient for the sinks alone: checkpointing made non-reentrant, and every
+    trainable parameter that holds no sink entry set not to require grad until the block ends.
+
+    ``torch.autograd.grad`` with respect to the sinks skips the other parameters' gradients in the
+    stock operations, but not in a custom autograd function (the appended pool's ``joint_linear``
+    would compute its base weights' gradients and drop them); a parameter that does not require grad
+    is skipped by every operation, and its forward keeps nothing for a weight gradient. With the
+    split placement the sinks are slices of the MLPs' own projections, which keep requiring grad.
+    """
+    holding = {id(s.param) for s in slices}
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in holding]
+    for p in others:
+        p.requires_grad_(False)
+    try:
+        with non_reentrant_checkpointing(model):
+            yield
+    finally:
+        for p in others:
+            p.requires_grad_(True)
+
+
 def _is_reentrant(func: Callable) -> bool:
     keywords = getattr(func, "keywords", None) or {}
     return bool(keywords.get("use_reentrant", False))
@@ -223,7 +246,7 @@ def forward_with_private_tokens(
     def weighted(loss: torch.Tensor, n: int) -> torch.Tensor:
         return loss if given else loss * (n / total)
 
-    with non_reentrant_checkpointing(model):
+    with sinks_only_pass(model, slices):
         out_private = run_forward(**{**kwargs, "labels": private})
         loss_private = weighted(out_private.loss, n_private)
         grads = torch.autograd.grad(loss_private, params, allow_unused=True)

@@ -280,6 +280,12 @@ class SinkRouter:
             return torch.zeros(self.total_pool, dtype=torch.bool, device=device)
         return self.pool_bits(exclude_ids, device).any(dim=0)
 
+    def appended_pools_off(self) -> bool:
+        """Whether the current forward switches every appended pool off (drop mode), so that the
+        pools' units need not be computed at all; False before any forward has begun."""
+        current = self._current
+        return self.placement == "append" and current is not None and current[0] == "const" and current[2]
+
     def mask_for(self, layer: int) -> torch.Tensor | None:
         """The mask of block ``layer`` for the current batch.
 

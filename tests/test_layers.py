@@ -10,6 +10,7 @@ from memsinks.layers import (
     DOWN_PROJECTIONS, AppendSinkDownProjection, SinkDownProjection, SinkUpProjection, SplitSinkDownProjection,
 )
 from memsinks.model import get_router
+from memsinks.projection import in_out
 from tests.conftest import tiny_model, token_batch
 
 
@@ -108,6 +109,32 @@ def test_a_checkpoint_of_another_width_is_refused_by_name():
     state[key] = state[key][:, :-1]
     with pytest.raises(RuntimeError, match="down_proj.weight: the checkpoint's MLP has 79 units where this model"):
         model.load_state_dict(state)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox"])
+def test_with_the_pools_dropped_the_up_projections_leave_them_out_and_the_logits_stay_the_same_to_the_bit(family):
+    model = _model_with_sinks(family, "append")
+    ups = [m for m in model.modules() if isinstance(m, SinkUpProjection)]
+    widths = []
+    hooks = [m.register_forward_hook(lambda m, args, out: widths.append(out.shape[-1] - in_out(m.base)[1]))
+             for m in ups]
+    x = token_batch(shape=(2, 12))
+    with torch.no_grad(), memsinks.sinks_mode(model, "drop"):
+        dropped = model(x).logits
+        assert widths and set(widths) == {0}  # not one pool unit computed
+        for m in ups:  # without the router, the up projections compute the pool, which the down one zeroes
+            m.__dict__["router"] = None
+        full = model(x).logits
+    assert set(widths[len(ups):]) == {16}
+    assert torch.equal(dropped, full)
+    for m in ups:
+        m.__dict__["router"] = get_router(model)
+    widths.clear()
+    with torch.no_grad(), memsinks.sinks_mode(model, "own"):
+        model(x, sequence_ids=torch.tensor([1, 2]))
+    assert set(widths) == {16}
+    for h in hooks:
+        h.remove()
 
 
 def _append(family, **overrides):

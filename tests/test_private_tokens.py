@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 import memsinks
 from memsinks._small_decoder import DecoderShape, build_decoder
+from memsinks.private_tokens import sinks_only_pass
 from memsinks.sink_slices import sink_slices
 from tests.conftest import sink_pieces, take_grads, token_batch
 
@@ -288,3 +291,23 @@ def test_private_tokens_with_every_sink_frozen_are_refused_rather_than_trained_i
     x, ids, private = _batch()
     with pytest.raises(ValueError, match="none of the model's sink parameters is trainable"):
         model(x, labels=x, sequence_ids=ids, private_mask=private)
+
+
+@pytest.mark.parametrize("placement", ["append", "split"])
+def test_the_sinks_pass_leaves_only_tensors_holding_sinks_trainable_and_restores_the_rest_even_when_it_fails(placement):
+    # joint_linear (the appended pool's up projections) is a custom autograd function: asked for the sinks'
+    # gradient alone it would still compute its base weights', unless those stop requiring grad for the pass
+    model = _model("llama", placement)
+    model.model.embed_tokens.weight.requires_grad_(False)  # frozen before: it must stay frozen after
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    slices = sink_slices(model)
+    holding = {id(s.param) for s in slices}
+    for fail in (False, True):
+        with pytest.raises(RuntimeError, match="inside") if fail else contextlib.nullcontext():
+            with sinks_only_pass(model, slices):
+                during = {n for n, p in model.named_parameters() if p.requires_grad}
+                assert during == {n for n, p in model.named_parameters() if id(p) in holding}
+                assert any("attn" in n for n in before if before[n]) and not any("attn" in n for n in during)
+                if fail:
+                    raise RuntimeError("inside the pass")
+        assert {n: p.requires_grad for n, p in model.named_parameters()} == before

@@ -4,7 +4,8 @@ Both project with ``F.linear`` / ``addmm`` on their base projection's weights in
 calling the base module, so the base module's own hooks never fire: the wrapper's handler
 accounts for the base's parameters as well as the pool's (``covers``).
 
-- ``SinkUpProjection``: output = [base units | pool units], the pool's rows in ``sink_weight``.
+- ``SinkUpProjection``: output = [base units | pool units], the pool's rows in ``sink_weight``;
+  the base units alone in drop mode, where the pool is not computed.
 - ``SinkDownProjection`` with ``placement == "append"``: the base units go through the base
   weight, the pool's units, masked by the batch's routing, through ``sink_weight``. Under
   ``"split"`` the wrapper calls its base module (an ordinary handled layer) on the masked
@@ -21,6 +22,7 @@ from __future__ import annotations
 from transformers.pytorch_utils import Conv1D
 
 from memsinks.layers import SinkDownProjection, SinkUpProjection, linear_weight
+from memsinks.projection import in_out
 from memsinks.privacy.grad_sample.linear import linear_contributions
 from memsinks.privacy.grad_sample.registry import Handler, register_handler
 
@@ -44,6 +46,8 @@ class SinkUpHandler(_CoversBase):
         out = linear_weight(module.base).shape[0]
         conv1d = isinstance(module.base, Conv1D)
         yield from linear_contributions(owned.get("base.weight"), owned.get("base.bias"), x, g[..., :out], conv1d)
+        if g.shape[-1] == out:  # the pools were off (drop mode): the wrapper computed the base units alone
+            return
         # the pool is stored divided by its scale: its gradient is the effective weights' times the scale
         yield from linear_contributions(owned.get("sink_weight"), owned.get("sink_bias"), x,
                                         g[..., out:] * getattr(module, "scale", 1.0), conv1d=False)
@@ -60,7 +64,7 @@ class SinkDownAppendHandler(_CoversBase):
 
     def contributions(self, module, saved, g, owned):
         h, mask = saved
-        n_base = h.shape[-1] - module.pool
+        n_base = in_out(module.base)[0]  # h may lack the pool's units, which the up projections skip in drop mode
         conv1d = isinstance(module.base, Conv1D)
         yield from linear_contributions(owned.get("base.weight"), owned.get("base.bias"), h[..., :n_base], g, conv1d)
         if mask is not None and "sink_weight" in owned:

@@ -36,3 +36,19 @@ def test_sink_wrappers_get_exact_per_example_gradients(family, placement, extra)
         check_against_autograd(model, torch.tensor([0, 1, 0, 2]), "ghost", ids)
     sink_params = [n for n in clipper.modes() if "sink_weight" in n or ".base." in n]
     assert sink_params
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("extra", [APPEND_DEFAULTS, APPEND_PLAIN], ids=["append", "plain"])
+def test_with_the_appended_pools_dropped_the_handlers_get_exact_per_example_gradients_of_the_base(family, extra):
+    # in drop mode the up projections leave the pool's units out: their outputs and the down projection's
+    # inputs are the base units alone, and the pool's parameters take no part
+    model = no_dropout(tiny_model(family))
+    memsinks.add_sinks(model, memsinks.SinksConfig(placement="append", n_sink_units=16, p_gen=0.5, **extra))
+    for name, p in model.named_parameters():
+        if "sink_weight" in name:
+            nn.init.normal_(p, std=0.05)
+    model.eval()
+    with memsinks.sinks_mode(model, "drop"):
+        clipper = check_against_autograd(model, torch.arange(ROWS), "auto")
+    assert any(".base." in n for n in clipper.modes())
