@@ -464,7 +464,7 @@ class AppendSinkDownProjection(SinkDownProjection):
         paired = config.paired_units
         for name in up:
             setattr(mlp, name, SinkUpProjection(getattr(mlp, name), pool, generator, config.sink_lr_scale, paired,
-                                                      router))
+                                                router))
         wrapper = cls(getattr(mlp, down), router, layer, pool, config.sink_lr_scale, config.sink_init, generator)
         setattr(mlp, down, wrapper)
         return wrapper
