@@ -127,6 +127,11 @@ class SinksConfig(SavedConfig):
         "span a sequence's sinks have memorized and the shipped model has not then stops reaching the shipped "
         "model, as a marked private span does. None (the default): off. Costs what private_mask costs: a "
         "second forward per step and a backward that stops at the sinks.")})
+    memorized_specific: bool = field(default=False, metadata={"help": (
+        "With memorized_threshold: route a token only if the sinks of a sequence never trained on do not "
+        "predict it either (their loss is above the threshold too), so that what the whole pool has learned "
+        "from many sequences (a domain's common language) keeps training the shipped model and only what is "
+        "specific to the sequence goes to its sinks. Costs a third forward per step, without gradient.")})
 
     def __post_init__(self) -> None:
         for name in ("p_gen", "p_mem"):
@@ -217,6 +222,11 @@ class SinksConfig(SavedConfig):
                 raise ValueError(f"SinksConfig.memorized_threshold must be a number of nats > 0, or None for off; got "
                                  f"{threshold!r}.")
             self.memorized_threshold = float(threshold)
+        if not isinstance(self.memorized_specific, bool):
+            raise ValueError(f"SinksConfig.memorized_specific must be True or False; got {self.memorized_specific!r}.")
+        if self.memorized_specific and threshold is None:
+            raise ValueError("SinksConfig.memorized_specific narrows the tokens memorized_threshold routes, and "
+                             "memorized_threshold is None; set a threshold (e.g. 1.0) or memorized_specific=False.")
         if self.private_token_target not in PRIVATE_TOKEN_TARGETS:
             raise ValueError(f"SinksConfig.private_token_target must be one of {PRIVATE_TOKEN_TARGETS}; got "
                              f"{self.private_token_target!r}.")

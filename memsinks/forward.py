@@ -98,10 +98,14 @@ class ForwardWithSequenceIds:
         weight = linear_weight(self.reference.base)
         router.begin(ids, mode, exclude, weight.dtype, weight.device)
         if training and threshold is not None and mode == "own":  # sinks_mode(model, "drop") trains without them
+            unseen = None
+            if router.config.memorized_specific:  # no sequence ID is negative; 0 (no sinks) stays 0
+                stand_ins = torch.where(ids == 0, ids, -1 - ids)
+                unseen = lambda: router.begin(stand_ins, "own", (), weight.dtype, weight.device)  # noqa: E731
             return forward_with_memorized_tokens(
                 lambda **kw: self.class_forward(model, *args, **kw), kwargs, sink_slices(model), model,
                 lambda: router.begin(ids, "drop", (), weight.dtype, weight.device), threshold, self.routed,
-                private_mask)
+                private_mask, unseen)
         if training and private_mask is not None:
             return forward_with_private_tokens(
                 lambda **kw: self.class_forward(model, *args, **kw), kwargs, private_mask, sink_slices(model), model,

@@ -23,6 +23,12 @@ fast sinks lower every token's loss of a sequence they have seen, the task's too
 on the difference alone (``l_drop - l_on > 1`` nat) routed a third of all tokens and cost the
 task 47% on the fine-tuning benchmark (seed 0; ``docs/finetuning.md``).
 
+With ``SinksConfig.memorized_specific`` a third forward, without gradient, scores each token with
+the sinks of a sequence never trained on (``unseen_sinks``: each ID's stand-in is ``-1 - id``,
+which no sequence has): a token that those sinks predict too (loss below the threshold) is
+something the pool learned from many sequences, such as a domain's common language, and keeps
+training the shipped model; only tokens that the sequence's own sinks alone predict are routed.
+
 The returned loss is each labelled token's loss as it was trained (``l_on`` for the routed
 ones, ``l_drop`` for the rest), summed and divided by ``num_items_in_batch`` when the Trainer
 passes it, else by the batch's labelled tokens. Marked ``private_mask`` tokens are routed too.
@@ -79,6 +85,7 @@ def forward_with_memorized_tokens(
     threshold: float,
     count: RoutedCount,
     private_mask: torch.Tensor | None = None,
+    unseen_sinks: Callable[[], None] | None = None,
 ):
     """The training forward that routes memorized tokens to the sinks (see the module docstring).
 
@@ -93,6 +100,9 @@ def forward_with_memorized_tokens(
             it trains the sinks alone.
         count: adds this batch's labelled and routed tokens.
         private_mask: (B, T) bool, tokens routed to the sinks whatever their losses; None for none.
+        unseen_sinks: switches every sequence's sinks to those of a sequence never trained on, for a forward
+            without gradient whose losses must also be above ``threshold`` for a token to be routed; None: no
+            such forward (``SinksConfig.memorized_specific`` off).
     """
     labels = kwargs.get("labels")
     if labels is None:
@@ -104,7 +114,7 @@ def forward_with_memorized_tokens(
         raise ValueError("memorized_threshold with shift_labels is not supported; give labels aligned with input_ids.")
     if kwargs.get("return_dict") is False:  # both passes need the output's fields; the caller gets its tuple back
         return forward_with_memorized_tokens(run_forward, {**kwargs, "return_dict": True}, slices, model, drop_sinks,
-                                             threshold, count, private_mask).to_tuple()
+                                             threshold, count, private_mask, unseen_sinks).to_tuple()
     slices = [s for s in slices if s.param.requires_grad]
     if not slices:
         raise ValueError(
@@ -125,10 +135,16 @@ def forward_with_memorized_tokens(
     losses_on = losses_on.detach()
     del out_on
 
+    specific = torch.ones_like(labelled)
+    if unseen_sinks is not None:
+        unseen_sinks()
+        with torch.no_grad():
+            losses_unseen, _ = token_losses(run_forward(**bare).logits, labels)
+        specific = losses_unseen > threshold
     drop_sinks()
     out = run_forward(**bare)
     losses_drop, _ = token_losses(out.logits, labels)
-    routed = labelled & (losses_on < threshold) & (losses_drop.detach() > threshold)
+    routed = labelled & (losses_on < threshold) & (losses_drop.detach() > threshold) & specific
     if private_mask is not None:
         routed |= labelled & private_mask[:, 1:].to(routed.device)
     loss_public = (losses_drop * ~routed).sum() / total

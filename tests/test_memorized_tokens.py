@@ -10,6 +10,7 @@ import torch
 import memsinks
 from memsinks._small_decoder import DecoderShape, build_decoder
 from memsinks.memorized_tokens import token_losses
+from memsinks.model import get_router
 from memsinks.sink_slices import sink_slices
 from tests.conftest import sink_pieces, take_grads, token_batch
 
@@ -47,18 +48,32 @@ def _fit_sinks(model, x, ids, steps: int):
 
 
 @pytest.mark.parametrize("placement", ["append", "split"])
-def test_shared_parameters_learn_the_unmemorized_tokens_as_shipped_and_the_sinks_learn_every_token(placement):
+@pytest.mark.parametrize("specific", [False, True], ids=["own", "specific"])
+def test_shared_parameters_learn_the_unmemorized_tokens_as_shipped_and_the_sinks_learn_every_token(placement, specific):
     x, ids = token_batch(shape=(3, 16), seed=0), torch.tensor([11, 12, 13])
+    x[1:, 8:] = x[0, 8:]  # a second half all three share, which every sequence's sinks learn
     probe = _fit_sinks(_model(placement), x, ids, steps=5)
     with torch.no_grad():
         own, labelled = token_losses(probe(x, sequence_ids=ids).logits, x)
         with memsinks.sinks_mode(probe, "drop"):
             drop, _ = token_losses(probe(x, sequence_ids=ids).logits, x)
-    threshold = float(own[labelled].median())  # some tokens routed, some not
-    routed = labelled & (own < threshold) & (drop > threshold)
+        # the sinks of sequences never trained on: each ID's stand-in -1 - id, through the class's own forward
+        get_router(probe).begin(-1 - ids, "own", (), torch.float32, torch.device("cpu"))
+        unseen, _ = token_losses(type(probe).forward(probe, x).logits, x)
+
+    def routed_at(t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(routed, routed unless unseen sequences' sinks predict the token too) at threshold ``t``."""
+        by_own = labelled & (own < t) & (drop > t)
+        return by_own, by_own & (unseen > t)
+
+    # a threshold at which some tokens are routed and, for the specific rule, some routed tokens are not
+    # specific (the unseen sinks predict them too), so the gradients below tell the rules apart
+    threshold = next(t for t in torch.quantile(own[labelled], torch.linspace(0.5, 0.9, 9)).tolist()
+                     if 0 < int(routed_at(t)[1].sum()) < int(routed_at(t)[0].sum()))
+    routed = routed_at(threshold)[1 if specific else 0]
     assert 0 < int(routed.sum()) < int(labelled.sum())
 
-    model = _fit_sinks(_model(placement, threshold=threshold), x, ids, steps=5)
+    model = _fit_sinks(_model(placement, threshold=threshold, memorized_specific=specific), x, ids, steps=5)
     n = int(labelled.sum())
     model.eval()  # the references, by plain forwards (no dropout here, so eval computes what train does)
     with memsinks.sinks_mode(model, "drop"):  # the unrouted tokens' loss in the shipped model
@@ -173,6 +188,13 @@ def test_with_num_items_in_batch_the_loss_is_divided_by_it_and_outside_training_
         own, labelled = token_losses(model(x, sequence_ids=ids).logits, x)
     assert model.forward.routed.labelled == 2 * 18  # the two training forwards; evaluation counts nothing
     assert torch.allclose(evaluated, own.sum() / labelled.sum(), atol=1e-6)
+
+
+def test_memorized_specific_is_a_bool_and_needs_a_threshold():
+    with pytest.raises(ValueError, match="memorized_specific must be True or False"):
+        memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_threshold=1.0, memorized_specific=1)
+    with pytest.raises(ValueError, match="memorized_threshold is None; set a threshold"):
+        memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_specific=True)
 
 
 @pytest.mark.parametrize("threshold", [0, -1.0, True, "1", float("inf")])
