@@ -35,6 +35,10 @@ def test_register_architecture_for_a_new_family():
         before = model(x).logits
         memsinks.add_sinks(model, memsinks.SinksConfig(placement="append", n_sink_units=8))
         assert torch.equal(model(x).logits, before)
-        assert model.model.layers[1].mlp.fc1(torch.zeros(1, 32)).shape == (1, 56)
+        fc1 = model.model.layers[1].mlp.fc1
+        assert fc1(torch.zeros(1, 32)).shape == (1, 48)  # that forward dropped the sinks: the pool is left out
+        with memsinks.sinks_mode(model, "own"):
+            model(x, sequence_ids=torch.arange(1, x.shape[0] + 1))
+        assert fc1(torch.zeros(1, 32)).shape == (1, 56)  # with sinks on, the up projection carries the 8 units
     finally:
         _REGISTRY.pop("phi")
