@@ -99,9 +99,11 @@ class ForwardWithSequenceIds:
         router.begin(ids, mode, exclude, weight.dtype, weight.device)
         if training and threshold is not None and mode == "own":  # sinks_mode(model, "drop") trains without them
             unseen = None
-            if router.config.memorized_specific:  # no sequence ID is negative; 0 (no sinks) stays 0
-                stand_ins = torch.where(ids == 0, ids, -1 - ids)
-                unseen = lambda: router.begin(stand_ins, "own", (), weight.dtype, weight.device)  # noqa: E731
+            if router.config.memorized_specific:
+                stand_ins = torch.where(ids == 0, ids, -1 - ids)  # no sequence ID is negative; 0 (no sinks) stays 0
+
+                def unseen() -> None:
+                    router.begin(stand_ins, "own", (), weight.dtype, weight.device)
             return forward_with_memorized_tokens(
                 lambda **kw: self.class_forward(model, *args, **kw), kwargs, sink_slices(model), model,
                 lambda: router.begin(ids, "drop", (), weight.dtype, weight.device), threshold, self.routed,
