@@ -135,16 +135,17 @@ def forward_with_memorized_tokens(
     losses_on = losses_on.detach()
     del out_on
 
-    specific = torch.ones_like(labelled)
-    if unseen_sinks is not None:
+    losses_unseen = None
+    if unseen_sinks is not None:  # before drop_sinks: a checkpointed recompute must see the dropped sinks
         unseen_sinks()
         with torch.no_grad():
             losses_unseen, _ = token_losses(run_forward(**bare).logits, labels)
-        specific = losses_unseen > threshold
     drop_sinks()
     out = run_forward(**bare)
     losses_drop, _ = token_losses(out.logits, labels)
-    routed = labelled & (losses_on < threshold) & (losses_drop.detach() > threshold) & specific
+    routed = labelled & (losses_on < threshold) & (losses_drop.detach() > threshold)
+    if losses_unseen is not None:
+        routed &= losses_unseen > threshold
     if private_mask is not None:
         routed |= labelled & private_mask[:, 1:].to(routed.device)
     loss_public = (losses_drop * ~routed).sum() / total

@@ -303,9 +303,7 @@ class SinkRouter:
         lo, hi = self._width_offsets[i], self._width_offsets[i + 1]
         kind = self._current[0]
         if kind == "const":
-            if self._current[2] and self.placement == "append":
-                return None
-            return self._current[1][lo:hi]
+            return None if self.appended_pools_off() else self._current[1][lo:hi]
         if kind == "batch":
             return self._current[1][:, None, lo:hi]
         rows, inverse = self._current[1], self._current[2]
