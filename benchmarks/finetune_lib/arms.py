@@ -123,6 +123,10 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         "learn every token, and a token whose loss is below 1 nat with its sequence's own sinks on and above it "
         "with them dropped trains the sinks alone (memsinks.memorized_tokens; no labels)",
         sinks=_sinks(memorized_threshold=1.0), tags=("lever",)),
+    Arm("sinks_memorized_every3", "sinks_memorized with memorized_every=3: one forward in three runs both passes "
+        "(the sinks learn, and what is routed is decided and kept per record); the two between run once with the "
+        "sinks dropped, leaving out the tokens last routed in the same record",
+        sinks=_sinks(memorized_threshold=1.0, memorized_every=3), tags=("lever",)),
     Arm("dedup_sinks", "append sinks, defaults, trained on the exactly deduplicated rows for the same epochs (each "
         "distinct record once per epoch)", sinks=_sinks(), dedup=True, tags=("lever",)),
     Arm("sinks_record_ids", "append sinks, defaults, with each row's sequence ID from its own text (content IDs) "
