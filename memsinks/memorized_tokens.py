@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -97,31 +97,32 @@ class RoutedTokenMemory:
         self.flags: dict[bytes, tuple[int, np.ndarray]] = {}
 
     @staticmethod
-    def _key(ids: torch.Tensor, targets: torch.Tensor) -> bytes:
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(ids.detach().cpu().numpy().astype(np.int64).tobytes())
-        digest.update(targets.detach().cpu().numpy().astype(np.int64).tobytes())
-        return digest.digest()
+    def _rows(ids: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor) -> Iterator[tuple[bytes, np.ndarray]]:
+        """(key, labelled positions) of each row, read from one host copy of the batch."""
+        ids = ids.detach().cpu().numpy().astype(np.int64)
+        targets = labels[:, 1:].detach().cpu().numpy().astype(np.int64)
+        labelled = labelled.cpu().numpy()
+        for b in range(targets.shape[0]):
+            digest = hashlib.blake2b(ids[b].tobytes(), digest_size=16)
+            digest.update(targets[b][labelled[b]].tobytes())
+            yield digest.digest(), labelled[b]
 
     def remember(self, ids: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor, routed: torch.Tensor) -> None:
         """Keep ``routed`` (B, T - 1) for each row of ``labels`` (B, T) with IDs ``ids`` ((B,) or (B, T))."""
-        targets = labels[:, 1:]
-        for b in range(targets.shape[0]):
-            where = labelled[b]
-            flags = routed[b][where].cpu().numpy()
-            self.flags[self._key(ids[b], targets[b][where])] = (len(flags), np.packbits(flags))
+        routed = routed.cpu().numpy()
+        for b, (key, where) in enumerate(self._rows(ids, labels, labelled)):
+            flags = routed[b][where]
+            self.flags[key] = (len(flags), np.packbits(flags))
 
     def recall(self, ids: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
         """(B, T - 1) bool: the tokens last routed in each row's sequence; none for a sequence not yet routed."""
-        targets = labels[:, 1:]
-        routed = torch.zeros_like(labelled)
-        for b in range(targets.shape[0]):
-            where = labelled[b]
-            kept = self.flags.get(self._key(ids[b], targets[b][where]))
+        routed = np.zeros(tuple(labelled.shape), dtype=bool)
+        for b, (key, where) in enumerate(self._rows(ids, labels, labelled)):
+            kept = self.flags.get(key)
             if kept is not None:
                 n, packed = kept
-                routed[b, where] = torch.from_numpy(np.unpackbits(packed, count=n).astype(bool)).to(routed.device)
-        return routed
+                routed[b, where] = np.unpackbits(packed, count=n).astype(bool)
+        return torch.from_numpy(routed).to(labelled.device)
 
 
 def _check_labels(kwargs: dict) -> torch.Tensor:
