@@ -9,7 +9,8 @@ generation step.
 In training (training mode, gradients on) the forward also counts the sinks' warm-up
 (``memsinks.warmup``) and, when the batch marks private tokens, trains on them through the
 sinks only (``memsinks.private_tokens``); with ``SinksConfig.memorized_threshold`` it finds
-such tokens itself (``memsinks.memorized_tokens``; what it routed is counted in ``routed``).
+such tokens itself (``memsinks.memorized_tokens``; what it routed is counted in ``routed``), on every
+``SinksConfig.memorized_every``-th training forward, the ones between leaving out what it last routed.
 Outside training ``private_mask`` is checked and otherwise ignored: evaluation scores every token.
 """
 
