@@ -127,6 +127,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         "(the sinks learn, and what is routed is decided and kept per record); the two between run once with the "
         "sinks dropped, leaving out the tokens last routed in the same record",
         sinks=_sinks(memorized_threshold=1.0, memorized_every=3), tags=("lever",)),
+    Arm("sinks_memorized_top10", "sinks_memorized with sinks in the last 10 of the 30 blocks only: the sinks' pass "
+        "then back-propagates through those 10 blocks alone",
+        sinks=_sinks(memorized_threshold=1.0, layers=list(range(-10, 0))), tags=("lever",)),
     Arm("dedup_sinks", "append sinks, defaults, trained on the exactly deduplicated rows for the same epochs (each "
         "distinct record once per epoch)", sinks=_sinks(), dedup=True, tags=("lever",)),
     Arm("sinks_record_ids", "append sinks, defaults, with each row's sequence ID from its own text (content IDs) "

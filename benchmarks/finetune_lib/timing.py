@@ -19,7 +19,7 @@ from memsinks.warmup import PROGRESS_BUFFER
 from .train import _apply
 
 TIMED_ARMS = ("standard", "sinks", "sinks_private", "sinks_private_marginal", "sinks_memorized",
-              "sinks_memorized_every3")
+              "sinks_memorized_every3", "sinks_memorized_top10")
 
 
 def _cycle(model) -> int:
