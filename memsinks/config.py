@@ -132,12 +132,6 @@ class SinksConfig(SavedConfig):
         "predict it either (their loss is above the threshold too), so that what the whole pool has learned "
         "from many sequences (a domain's common language) keeps training the shipped model and only what is "
         "specific to the sequence goes to its sinks. Costs a third forward per step, without gradient.")})
-    memorized_every: int = field(default=1, metadata={"help": (
-        "With memorized_threshold: run the two-pass routing forward on every n-th training forward only. On "
-        "the others the model runs once with the sinks dropped, and the tokens that the last routing forward "
-        "routed in that same sequence (same ID, same labelled tokens) still train nothing; the sinks learn only "
-        "on the routing forwards. 1 (the default): every forward routes. 3 costs about a third of the second "
-        "pass; it keeps one bit per labelled token of every distinct sequence seen, in host memory.")})
 
     def __post_init__(self) -> None:
         for name in ("p_gen", "p_mem"):
@@ -233,12 +227,6 @@ class SinksConfig(SavedConfig):
         if self.memorized_specific and threshold is None:
             raise ValueError("SinksConfig.memorized_specific narrows the tokens memorized_threshold routes, and "
                              "memorized_threshold is None; set a threshold (e.g. 1.0) or memorized_specific=False.")
-        every = self.memorized_every
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"SinksConfig.memorized_every must be an int >= 1; got {every!r}.")
-        if every > 1 and threshold is None:
-            raise ValueError(f"SinksConfig.memorized_every={every} spaces the routing forwards of memorized_threshold, "
-                             "and memorized_threshold is None; set a threshold (e.g. 1.0) or memorized_every=1.")
         if self.private_token_target not in PRIVATE_TOKEN_TARGETS:
             raise ValueError(f"SinksConfig.private_token_target must be one of {PRIVATE_TOKEN_TARGETS}; got "
                              f"{self.private_token_target!r}.")

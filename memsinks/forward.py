@@ -9,8 +9,7 @@ generation step.
 In training (training mode, gradients on) the forward also counts the sinks' warm-up
 (``memsinks.warmup``) and, when the batch marks private tokens, trains on them through the
 sinks only (``memsinks.private_tokens``); with ``SinksConfig.memorized_threshold`` it finds
-such tokens itself (``memsinks.memorized_tokens``; what it routed is counted in ``routed``), on every
-``SinksConfig.memorized_every``-th training forward, the ones between leaving out what it last routed.
+such tokens itself (``memsinks.memorized_tokens``; what it routed is counted in ``routed``).
 Outside training ``private_mask`` is checked and otherwise ignored: evaluation scores every token.
 """
 
@@ -25,8 +24,7 @@ from torch import nn
 
 from memsinks.ids import normalize_sequence_ids
 from memsinks.layers import SinkDownProjection, sink_parameters
-from memsinks.memorized_tokens import (RoutedCount, RoutedTokenMemory, forward_with_memorized_tokens,
-                                       forward_with_remembered_tokens)
+from memsinks.memorized_tokens import RoutedCount, forward_with_memorized_tokens
 from memsinks.private_tokens import forward_with_private_tokens, normalize_private_mask
 from memsinks.projection import linear_weight
 from memsinks.routing import SinkRouter
@@ -51,8 +49,6 @@ class ForwardWithSequenceIds:
         self.warmup = warmup
         self.checked_trainable = False
         self.routed = RoutedCount()
-        self.routing_forwards = 0  # training forwards with memorized_threshold, for memorized_every
-        self.remembered = RoutedTokenMemory() if router.config.memorized_every > 1 else None
         self.lr_check = SinkLearningRateCheck(model, router.config.sink_lr_scale)
         self.class_forward = type(model).forward
         sig = inspect.signature(self.class_forward)
@@ -101,30 +97,22 @@ class ForwardWithSequenceIds:
                 self.warmup.active = False
         weight = linear_weight(self.reference.base)
         router.begin(ids, mode, exclude, weight.dtype, weight.device)
-
-        def run(**kw: Any) -> Any:
-            return self.class_forward(model, *args, **kw)
-
-        def drop() -> None:
-            router.begin(ids, "drop", (), weight.dtype, weight.device)
-
         if training and threshold is not None and mode == "own":  # sinks_mode(model, "drop") trains without them
-            turn = self.routing_forwards % router.config.memorized_every
-            self.routing_forwards += 1
-            if turn:
-                return forward_with_remembered_tokens(run, kwargs, ids, self.remembered, drop, self.routed,
-                                                      private_mask)
             unseen = None
             if router.config.memorized_specific:
                 stand_ins = torch.where(ids == 0, ids, -1 - ids)  # no sequence ID is negative; 0 (no sinks) stays 0
 
                 def unseen() -> None:
                     router.begin(stand_ins, "own", (), weight.dtype, weight.device)
-            return forward_with_memorized_tokens(run, kwargs, sink_slices(model), model, drop, threshold, self.routed,
-                                                 private_mask, unseen, self.remembered, ids)
+            return forward_with_memorized_tokens(
+                lambda **kw: self.class_forward(model, *args, **kw), kwargs, sink_slices(model), model,
+                lambda: router.begin(ids, "drop", (), weight.dtype, weight.device), threshold, self.routed,
+                private_mask, unseen)
         if training and private_mask is not None:
-            marginal = router.config.private_token_target == "batch_marginal"
-            return forward_with_private_tokens(run, kwargs, private_mask, sink_slices(model), model, drop, marginal)
+            return forward_with_private_tokens(
+                lambda **kw: self.class_forward(model, *args, **kw), kwargs, private_mask, sink_slices(model), model,
+                lambda: router.begin(ids, "drop", (), weight.dtype, weight.device),
+                marginal_target=router.config.private_token_target == "batch_marginal")
         return self.class_forward(model, *args, **kwargs)
 
 

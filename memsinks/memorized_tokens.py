@@ -29,12 +29,6 @@ which no sequence has): a token that those sinks predict too (loss below the thr
 something the pool learned from many sequences, such as a domain's common language, and keeps
 training the shipped model; only tokens that the sequence's own sinks alone predict are routed.
 
-With ``SinksConfig.memorized_every`` = n > 1 only every n-th training forward runs the passes
-above (and ``memory``, a ``RoutedTokenMemory``, keeps what it routed in each sequence); the
-others (``forward_with_remembered_tokens``) run once with the sinks dropped, and a token that the
-last routing forward routed in the same sequence still trains nothing. The sinks then learn on
-one forward in n, and the routing of a sequence is as old as its last routing forward.
-
 The returned loss is each labelled token's loss as it was trained (``l_on`` for the routed
 ones, ``l_drop`` for the rest), summed and divided by ``num_items_in_batch`` when the Trainer
 passes it, else by the batch's labelled tokens. Marked ``private_mask`` tokens are routed too.
@@ -43,11 +37,9 @@ The cost is that of marked spans: two forwards and a backward that stops at the 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -84,59 +76,6 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return losses * labelled, labelled
 
 
-class RoutedTokenMemory:
-    """Which labelled tokens of each sequence the last routing forward routed, for the forwards between.
-
-    A row is keyed by a digest of its sequence ID(s) and its labelled tokens in order, so that only the
-    same sequence with the same content (wherever padding puts it) finds its flags; the flags, one per
-    labelled token in order, are packed eight to a byte. Nothing is saved with the model: a resumed run
-    starts with an empty memory, as a sequence's first sight does.
-    """
-
-    def __init__(self) -> None:
-        self.flags: dict[bytes, tuple[int, np.ndarray]] = {}
-
-    @staticmethod
-    def _rows(ids: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor) -> Iterator[tuple[bytes, np.ndarray]]:
-        """(key, labelled positions) of each row, read from one host copy of the batch."""
-        ids = ids.detach().cpu().numpy().astype(np.int64)
-        targets = labels[:, 1:].detach().cpu().numpy().astype(np.int64)
-        labelled = labelled.cpu().numpy()
-        for b in range(targets.shape[0]):
-            digest = hashlib.blake2b(ids[b].tobytes(), digest_size=16)
-            digest.update(targets[b][labelled[b]].tobytes())
-            yield digest.digest(), labelled[b]
-
-    def remember(self, ids: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor, routed: torch.Tensor) -> None:
-        """Keep ``routed`` (B, T - 1) for each row of ``labels`` (B, T) with IDs ``ids`` ((B,) or (B, T))."""
-        routed = routed.cpu().numpy()
-        for b, (key, where) in enumerate(self._rows(ids, labels, labelled)):
-            flags = routed[b][where]
-            self.flags[key] = (len(flags), np.packbits(flags))
-
-    def recall(self, ids: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
-        """(B, T - 1) bool: the tokens last routed in each row's sequence; none for a sequence not yet routed."""
-        routed = np.zeros(tuple(labelled.shape), dtype=bool)
-        for b, (key, where) in enumerate(self._rows(ids, labels, labelled)):
-            kept = self.flags.get(key)
-            if kept is not None:
-                n, packed = kept
-                routed[b, where] = np.unpackbits(packed, count=n).astype(bool)
-        return torch.from_numpy(routed).to(labelled.device)
-
-
-def _check_labels(kwargs: dict) -> torch.Tensor:
-    labels = kwargs.get("labels")
-    if labels is None:
-        raise ValueError(
-            "SinksConfig.memorized_threshold routes memorized tokens' loss to the sinks, so the model must compute the "
-            "loss itself, and the forward got no labels. Do not pop the labels (Trainer label smoothing and "
-            "compute_loss_func do), or set memorized_threshold=None.")
-    if "shift_labels" in kwargs:
-        raise ValueError("memorized_threshold with shift_labels is not supported; give labels aligned with input_ids.")
-    return labels
-
-
 def forward_with_memorized_tokens(
     run_forward: Callable[..., Any],
     kwargs: dict,
@@ -147,8 +86,6 @@ def forward_with_memorized_tokens(
     count: RoutedCount,
     private_mask: torch.Tensor | None = None,
     unseen_sinks: Callable[[], None] | None = None,
-    memory: RoutedTokenMemory | None = None,
-    ids: torch.Tensor | None = None,
 ):
     """The training forward that routes memorized tokens to the sinks (see the module docstring).
 
@@ -166,14 +103,18 @@ def forward_with_memorized_tokens(
         unseen_sinks: switches every sequence's sinks to those of a sequence never trained on, for a forward
             without gradient whose losses must also be above ``threshold`` for a token to be routed; None: no
             such forward (``SinksConfig.memorized_specific`` off).
-        memory: keeps the tokens routed by threshold (not the marked ones) per sequence, for the forwards
-            between routing ones (``SinksConfig.memorized_every``); None: nothing kept.
-        ids: the batch's sequence IDs, (B,) or (B, T); needed with ``memory``.
     """
-    labels = _check_labels(kwargs)
+    labels = kwargs.get("labels")
+    if labels is None:
+        raise ValueError(
+            "SinksConfig.memorized_threshold routes memorized tokens' loss to the sinks, so the model must compute the "
+            "loss itself, and the forward got no labels. Do not pop the labels (Trainer label smoothing and "
+            "compute_loss_func do), or set memorized_threshold=None.")
+    if "shift_labels" in kwargs:
+        raise ValueError("memorized_threshold with shift_labels is not supported; give labels aligned with input_ids.")
     if kwargs.get("return_dict") is False:  # both passes need the output's fields; the caller gets its tuple back
         return forward_with_memorized_tokens(run_forward, {**kwargs, "return_dict": True}, slices, model, drop_sinks,
-                                             threshold, count, private_mask, unseen_sinks, memory, ids).to_tuple()
+                                             threshold, count, private_mask, unseen_sinks).to_tuple()
     slices = [s for s in slices if s.param.requires_grad]
     if not slices:
         raise ValueError(
@@ -205,8 +146,6 @@ def forward_with_memorized_tokens(
     routed = labelled & (losses_on < threshold) & (losses_drop.detach() > threshold)
     if losses_unseen is not None:
         routed &= losses_unseen > threshold
-    if memory is not None:
-        memory.remember(ids, labels, labelled, routed)
     if private_mask is not None:
         routed |= labelled & private_mask[:, 1:].to(routed.device)
     loss_public = (losses_drop * ~routed).sum() / total
@@ -214,40 +153,4 @@ def forward_with_memorized_tokens(
     count.routed += int(routed.sum())
     count.labelled += n_labelled
     out.loss = AddSinkGradients.apply(loss_public, routed_value, len(grads), *grads, *params)
-    return out
-
-
-def forward_with_remembered_tokens(
-    run_forward: Callable[..., Any],
-    kwargs: dict,
-    ids: torch.Tensor,
-    memory: RoutedTokenMemory,
-    drop_sinks: Callable[[], None],
-    count: RoutedCount,
-    private_mask: torch.Tensor | None = None,
-):
-    """A training forward between routing ones (``SinksConfig.memorized_every``): one pass, sinks dropped.
-
-    The tokens ``memory`` holds as routed in each row's sequence, and the marked ``private_mask`` (B, T)
-    tokens, train nothing; every other labelled token trains the shared parameters as in plain
-    fine-tuning. No sink parameter takes part (their gradient stays None, so an optimizer leaves them
-    as they are). The loss returned is every labelled token's loss with the sinks dropped, the routed
-    ones' without gradient, divided as in ``forward_with_memorized_tokens``.
-    """
-    labels = _check_labels(kwargs)
-    if kwargs.get("return_dict") is False:
-        return forward_with_remembered_tokens(run_forward, {**kwargs, "return_dict": True}, ids, memory, drop_sinks,
-                                              count, private_mask).to_tuple()
-    drop_sinks()
-    out = run_forward(**{**kwargs, "labels": None})
-    losses, labelled = token_losses(out.logits, labels)
-    routed = memory.recall(ids, labels, labelled) & labelled
-    if private_mask is not None:
-        routed |= labelled & private_mask[:, 1:].to(routed.device)
-    n_labelled = int(labelled.sum())
-    given = kwargs.get("num_items_in_batch")
-    total = given if given is not None else max(n_labelled, 1)
-    count.routed += int(routed.sum())
-    count.labelled += n_labelled
-    out.loss = (losses * ~routed).sum() / total + (losses * routed).sum().detach() / total
     return out

@@ -9,7 +9,7 @@ import torch
 
 import memsinks
 from memsinks._small_decoder import DecoderShape, build_decoder
-from memsinks.memorized_tokens import RoutedTokenMemory, token_losses
+from memsinks.memorized_tokens import token_losses
 from memsinks.model import get_router
 from memsinks.sink_slices import sink_slices
 from tests.conftest import sink_pieces, take_grads, token_batch
@@ -188,89 +188,6 @@ def test_with_num_items_in_batch_the_loss_is_divided_by_it_and_outside_training_
         own, labelled = token_losses(model(x, sequence_ids=ids).logits, x)
     assert model.forward.routed.labelled == 2 * 18  # the two training forwards; evaluation counts nothing
     assert torch.allclose(evaluated, own.sum() / labelled.sum(), atol=1e-6)
-
-
-def test_between_routing_forwards_the_tokens_last_routed_in_the_same_sequence_train_nothing_and_the_sinks_rest():
-    x, ids = token_batch(shape=(3, 16), seed=0), torch.tensor([11, 12, 13])
-    every1 = _fit_sinks(_model(threshold=0.2), x, ids, steps=5)
-    model = _model(threshold=0.2, memorized_every=3)
-    model.load_state_dict(every1.state_dict())
-
-    every1(x, labels=x, sequence_ids=ids).loss.backward()
-    want = take_grads(every1)
-    model(x, labels=x, sequence_ids=ids).loss.backward()  # forward 0 of 3 routes, as every forward does with 1
-    routed_first = model.forward.routed.routed
-    assert routed_first == every1.forward.routed.routed
-    assert 0 < routed_first < model.forward.routed.labelled
-    for name, g in take_grads(model).items():
-        assert torch.equal(g, want[name]), name
-
-    with torch.no_grad():
-        own, labelled = token_losses(model(x, sequence_ids=ids).logits, x)
-        with memsinks.sinks_mode(model, "drop"):
-            drop, _ = token_losses(model(x, sequence_ids=ids).logits, x)
-    routed = labelled & (own < 0.2) & (drop > 0.2)  # the rule the routing forward applied (no step since)
-    assert int(routed.sum()) == routed_first
-    n = int(labelled.sum())
-
-    def reference(keep: torch.Tensor) -> dict:
-        """Gradients of plain training with the sinks dropped on the tokens ``keep`` (B, T - 1), over all ``n``."""
-        public = x.clone()
-        public[:, 1:] = public[:, 1:].masked_fill(~keep, -100)
-        with memsinks.sinks_mode(model.eval(), "drop"):
-            (model(x, labels=public, sequence_ids=ids).loss * int(keep.sum()) / n).backward()
-        model.train()
-        return take_grads(model)
-
-    # forward 1: one pass, sinks dropped; the routed tokens are left out and no sink parameter gets a gradient
-    g_public = reference(labelled & ~routed)
-    out = model(x, labels=x, sequence_ids=ids)
-    assert torch.allclose(out.loss, drop.sum() / n, atol=1e-5)
-    assert model.forward.routed.routed == 2 * routed_first
-    out.loss.backward()
-    pieces = sink_pieces(model)
-    for name, p in model.named_parameters():
-        if pieces[name] is None:
-            assert torch.allclose(p.grad, g_public[name], atol=1e-6), name
-        elif pieces[name].keep(torch.ones_like(p)).all():  # an appended sink tensor, all of it sink entries
-            assert p.grad is None, name
-    model.zero_grad(set_to_none=True)
-
-    # forward 2: the third sequence under another ID is a sequence never routed: all its tokens train
-    other = torch.tensor([11, 12, 99])
-    g_other = reference(labelled & ~(routed & torch.tensor([True, True, False])[:, None]))
-    model(x, labels=x, sequence_ids=other).loss.backward()
-    for name, g in take_grads(model).items():
-        if pieces[name] is None:
-            assert torch.allclose(g, g_other[name], atol=1e-6), name
-    assert model.forward.routed.routed == 2 * routed_first + int(routed[:2].sum())
-
-
-def test_remembered_flags_follow_the_labelled_tokens_in_a_wider_batch_and_need_the_same_content():
-    memory = RoutedTokenMemory()
-    labels = torch.tensor([[5, 6, 7, 8, -100, -100]])
-    labelled = labels[:, 1:] != -100
-    routed = torch.tensor([[True, False, True, False, False]])  # the targets 6 and 8
-    memory.remember(torch.tensor([4]), labels, labelled, routed)
-    wider = torch.tensor([[5, 6, 7, 8, -100, -100, -100, -100]])  # in a batch with a longer row
-    got = memory.recall(torch.tensor([4]), wider, wider[:, 1:] != -100)
-    assert got.tolist() == [[True, False, True, False, False, False, False]]
-    left = torch.tensor([[-100, -100, 5, 6, 7, 8]])  # left padding makes 5 a target: other content, nothing kept
-    assert not memory.recall(torch.tensor([4]), left, left[:, 1:] != -100).any()
-    changed = torch.tensor([[5, 6, 7, 9, -100, -100]])
-    assert not memory.recall(torch.tensor([4]), changed, labelled).any()  # another content under the same ID
-    assert not memory.recall(torch.tensor([3]), labels, labelled).any()  # the same content under another ID
-
-
-@pytest.mark.parametrize("every", [0, -1, 1.0, True, "3"])
-def test_a_bad_memorized_every_is_refused(every):
-    with pytest.raises(ValueError, match="memorized_every must be an int >= 1"):
-        memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_threshold=1.0, memorized_every=every)
-
-
-def test_memorized_every_needs_a_threshold():
-    with pytest.raises(ValueError, match="memorized_threshold is None; set a threshold"):
-        memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_every=3)
 
 
 def test_memorized_specific_is_a_bool_and_needs_a_threshold():

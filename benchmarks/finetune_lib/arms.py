@@ -123,10 +123,6 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         "learn every token, and a token whose loss is below 1 nat with its sequence's own sinks on and above it "
         "with them dropped trains the sinks alone (memsinks.memorized_tokens; no labels)",
         sinks=_sinks(memorized_threshold=1.0), tags=("lever",)),
-    Arm("sinks_memorized_every3", "sinks_memorized with memorized_every=3: one forward in three runs both passes "
-        "(the sinks learn, and what is routed is decided and kept per record); the two between run once with the "
-        "sinks dropped, leaving out the tokens last routed in the same record",
-        sinks=_sinks(memorized_threshold=1.0, memorized_every=3), tags=("lever",)),
     Arm("sinks_memorized_top10", "sinks_memorized with sinks in the last 10 of the 30 blocks only: the sinks' pass "
         "then back-propagates through those 10 blocks alone",
         sinks=_sinks(memorized_threshold=1.0, layers=list(range(-10, 0))), tags=("lever",)),

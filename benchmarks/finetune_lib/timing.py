@@ -19,23 +19,7 @@ from memsinks.warmup import PROGRESS_BUFFER
 from .train import _apply
 
 TIMED_ARMS = ("standard", "sinks", "sinks_private", "sinks_private_marginal", "sinks_memorized",
-              "sinks_memorized_every3", "sinks_memorized_top10")
-
-
-def _cycle(model) -> int:
-    """Training forwards after which an arm's step costs repeat: ``memorized_every`` with routing, else 1."""
-    if not memsinks.has_sinks(model):
-        return 1
-    config = memsinks.get_sinks_config(model)
-    return config.memorized_every if config.memorized_threshold is not None else 1
-
-
-def _median_cycle(times: list[float], cycle: int) -> float:
-    """The median over consecutive whole cycles of ``cycle`` steps of their mean step time (a step's median at 1)."""
-    means = [statistics.fmean(times[i:i + cycle]) for i in range(0, len(times) - cycle + 1, cycle)]
-    if not means:
-        raise ValueError(f"{len(times)} timed steps hold no whole cycle of {cycle}; time at least {cycle} steps.")
-    return statistics.median(means)
+              "sinks_memorized_top10")
 
 
 def _batch(data, tokenizer, n: int):
@@ -64,11 +48,7 @@ def _finish_warmup(model) -> None:
 
 
 def step_time_ratios(arms, base, data, tokenizer, settings, steps: int) -> dict[str, float]:
-    """Median step time of each timed arm over ``standard``'s (arms absent from ``arms`` are skipped).
-
-    An arm whose steps cost differently in a repeating cycle (``memorized_every``) is measured by the
-    median over whole cycles of their mean step; steps after the last whole cycle are left out.
-    """
+    """Median step time of each timed arm over ``standard``'s (arms absent from ``arms`` are skipped)."""
     chosen = [a for a in arms if a.name in TIMED_ARMS]
     if not any(a.name == "standard" for a in chosen) or len(chosen) < 2:
         return {}
@@ -82,13 +62,12 @@ def step_time_ratios(arms, base, data, tokenizer, settings, steps: int) -> dict[
             kwargs["sequence_ids"] = ids
         if arm.private_mask:
             kwargs["private_mask"] = private
-        runs[arm.name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0), kwargs, [],
-                          _cycle(model))
+        runs[arm.name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0), kwargs, [])
     names = list(runs)
     for step in range(steps + 1):
         order = names[step % len(names):] + names[:step % len(names)]
         for name in order:
-            model, opt, kwargs, times, _ = runs[name]
+            model, opt, kwargs, times = runs[name]
             start = time.perf_counter()
             model(**kwargs).loss.backward()
             opt.step()
@@ -96,4 +75,4 @@ def step_time_ratios(arms, base, data, tokenizer, settings, steps: int) -> dict[
             if step:  # the first round warms up
                 times.append(time.perf_counter() - start)
     reference = statistics.median(runs["standard"][3])
-    return {name: _median_cycle(times, cycle) / reference for name, (_, _, _, times, cycle) in runs.items()}
+    return {name: statistics.median(times) / reference for name, (_, _, _, times) in runs.items()}

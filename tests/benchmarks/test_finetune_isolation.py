@@ -140,16 +140,6 @@ def test_the_timed_steps_are_past_the_warm_up_so_the_shared_units_learn_in_them(
     assert shared is not None and shared.abs().sum() > 0  # in the warm-up it would be zero
 
 
-def test_an_arm_whose_steps_alternate_in_cost_is_timed_by_whole_cycles():
-    from finetune_lib.timing import _median_cycle
-
-    times = [3.0, 1.0, 1.0, 3.0, 1.0, 1.0, 9.0]  # a routing step and two cheaper ones, twice, then a stray step
-    assert _median_cycle(times, 3) == pytest.approx(5.0 / 3)  # the median step (1.0) would hide the routing step
-    assert _median_cycle(times, 1) == 1.0
-    with pytest.raises(ValueError, match="2 timed steps hold no whole cycle of 3"):
-        _median_cycle([1.0, 2.0], 3)
-
-
 def test_resume_keeps_measured_arms_and_trains_only_the_new_ones(tmp_path):
     out = tmp_path / "out"
     run = [sys.executable, str(REPO / "benchmarks" / "finetune_isolation.py"), "--quick", "--threads", "1",
