@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from memsinks.architectures import find_blocks, layout_for
 from memsinks.ids import normalize_sequence_ids
 from memsinks.layers import SinkDownProjection, sink_parameters
 from memsinks.memorized_tokens import RoutedCount, forward_with_memorized_tokens
@@ -104,16 +105,29 @@ class ForwardWithSequenceIds:
 
                 def unseen() -> None:
                     router.begin(stand_ins, "own", (), weight.dtype, weight.device)
+
+            def own() -> None:
+                router.begin(ids, "own", (), weight.dtype, weight.device)
+
             return forward_with_memorized_tokens(
                 lambda **kw: self.class_forward(model, *args, **kw), kwargs, sink_slices(model), model,
                 lambda: router.begin(ids, "drop", (), weight.dtype, weight.device), threshold, self.routed,
-                private_mask, unseen)
+                private_mask, unseen, _blocks_below_sinks(model, router), own)
         if training and private_mask is not None:
             return forward_with_private_tokens(
                 lambda **kw: self.class_forward(model, *args, **kw), kwargs, private_mask, sink_slices(model), model,
                 lambda: router.begin(ids, "drop", (), weight.dtype, weight.device),
                 marginal_target=router.config.private_token_target == "batch_marginal")
         return self.class_forward(model, *args, **kwargs)
+
+
+def _blocks_below_sinks(model: nn.Module, router: SinkRouter) -> list[nn.Module]:
+    """The model's blocks below its lowest sink block, in order (``memsinks.shared_prefix``); none when block 0 has
+    sinks."""
+    lowest = min(spec.layer for spec in router.specs)
+    if lowest == 0:
+        return []
+    return list(find_blocks(model, layout_for(router.config.model_type)))[:lowest]
 
 
 def _input_shape(args: tuple, kwargs: dict) -> tuple[int, ...] | None:

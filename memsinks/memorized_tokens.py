@@ -29,6 +29,10 @@ which no sequence has): a token that those sinks predict too (loss below the thr
 something the pool learned from many sequences, such as a domain's common language, and keeps
 training the shipped model; only tokens that the sequence's own sinks alone predict are routed.
 
+When the sinks sit only in the upper blocks (``SinksConfig.layers``), pass 2 runs first and
+the blocks below the lowest sink block compute once: the sinks' passes replay their outputs
+(``memsinks.shared_prefix``) and cost only the blocks above and the head.
+
 The returned loss is each labelled token's loss as it was trained (``l_on`` for the routed
 ones, ``l_drop`` for the rest), summed and divided by ``num_items_in_batch`` when the Trainer
 passes it, else by the batch's labelled tokens. Marked ``private_mask`` tokens are routed too.
@@ -45,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memsinks.private_tokens import IGNORE_INDEX, AddSinkGradients, sinks_only_pass
+from memsinks.shared_prefix import recording, replaying
 from memsinks.sink_slices import SinkSlice
 
 
@@ -86,6 +91,8 @@ def forward_with_memorized_tokens(
     count: RoutedCount,
     private_mask: torch.Tensor | None = None,
     unseen_sinks: Callable[[], None] | None = None,
+    prefix: Sequence[nn.Module] = (),
+    own_sinks: Callable[[], None] | None = None,
 ):
     """The training forward that routes memorized tokens to the sinks (see the module docstring).
 
@@ -103,6 +110,10 @@ def forward_with_memorized_tokens(
         unseen_sinks: switches every sequence's sinks to those of a sequence never trained on, for a forward
             without gradient whose losses must also be above ``threshold`` for a token to be routed; None: no
             such forward (``SinksConfig.memorized_specific`` off).
+        prefix: the blocks below the lowest sink block, in order; when there are any, pass 2 runs first and
+            records their outputs, and the sinks' passes replay them (``memsinks.shared_prefix``), computing
+            only the blocks above. Empty: every pass runs the whole model.
+        own_sinks: switches every sequence's own sinks back on after pass 2; needed with a ``prefix``.
     """
     labels = kwargs.get("labels")
     if labels is None:
@@ -114,7 +125,8 @@ def forward_with_memorized_tokens(
         raise ValueError("memorized_threshold with shift_labels is not supported; give labels aligned with input_ids.")
     if kwargs.get("return_dict") is False:  # both passes need the output's fields; the caller gets its tuple back
         return forward_with_memorized_tokens(run_forward, {**kwargs, "return_dict": True}, slices, model, drop_sinks,
-                                             threshold, count, private_mask, unseen_sinks).to_tuple()
+                                             threshold, count, private_mask, unseen_sinks, prefix,
+                                             own_sinks).to_tuple()
     slices = [s for s in slices if s.param.requires_grad]
     if not slices:
         raise ValueError(
@@ -125,23 +137,38 @@ def forward_with_memorized_tokens(
     given = kwargs.get("num_items_in_batch")
     bare = {**kwargs, "labels": None}
 
-    with sinks_only_pass(model, slices):
-        out_on = run_forward(**bare)
-        losses_on, labelled = token_losses(out_on.logits, labels)
-        n_labelled = int(labelled.sum())
-        total = given if given is not None else max(n_labelled, 1)
-        grads = torch.autograd.grad(losses_on.sum() / total, params, allow_unused=True)
-    grads = [torch.zeros_like(s.param) if g is None else s.keep(g) for s, g in zip(slices, grads)]
-    losses_on = losses_on.detach()
-    del out_on
+    def sinks_passes() -> tuple:
+        """Pass 1 and, with ``unseen_sinks``, the forward in unseen sequences' sinks; the router is left on them."""
+        with sinks_only_pass(model, slices):
+            out_on = run_forward(**bare)
+            losses_on, labelled = token_losses(out_on.logits, labels)
+            n_labelled = int(labelled.sum())
+            total = given if given is not None else max(n_labelled, 1)
+            grads = torch.autograd.grad(losses_on.sum() / total, params, allow_unused=True)
+        del out_on
+        losses_unseen = None
+        if unseen_sinks is not None:
+            unseen_sinks()
+            with torch.no_grad():
+                losses_unseen, _ = token_losses(run_forward(**bare).logits, labels)
+        return grads, losses_on.detach(), labelled, n_labelled, total, losses_unseen
 
-    losses_unseen = None
-    if unseen_sinks is not None:  # before drop_sinks: a checkpointed recompute must see the dropped sinks
-        unseen_sinks()
-        with torch.no_grad():
-            losses_unseen, _ = token_losses(run_forward(**bare).logits, labels)
-    drop_sinks()
-    out = run_forward(**bare)
+    if prefix:
+        if own_sinks is None:
+            raise ValueError("forward_with_memorized_tokens with a prefix needs own_sinks to switch the sinks back on.")
+        drop_sinks()
+        with recording(prefix) as outputs:
+            out = run_forward(**bare)
+        own_sinks()
+        with replaying(prefix, outputs):
+            passes = sinks_passes()
+        drop_sinks()  # a checkpointed recompute of pass 2 must see the dropped sinks
+    else:
+        passes = sinks_passes()
+        drop_sinks()
+        out = run_forward(**bare)
+    grads, losses_on, labelled, n_labelled, total, losses_unseen = passes
+    grads = [torch.zeros_like(s.param) if g is None else s.keep(g) for s, g in zip(slices, grads)]
     losses_drop, _ = token_losses(out.logits, labels)
     routed = labelled & (losses_on < threshold) & (losses_drop.detach() > threshold)
     if losses_unseen is not None:

@@ -47,12 +47,15 @@ def _fit_sinks(model, x, ids, steps: int):
     return model
 
 
-@pytest.mark.parametrize("placement", ["append", "split"])
+# the upper block alone: pass 2 runs first and the sinks' passes replay block 0's output (memsinks.shared_prefix)
+@pytest.mark.parametrize("placement,layers", [("append", None), ("split", None), ("append", [1])],
+                         ids=["append", "split", "append-upper-block"])
 @pytest.mark.parametrize("specific", [False, True], ids=["own", "specific"])
-def test_shared_parameters_learn_the_unmemorized_tokens_as_shipped_and_the_sinks_learn_every_token(placement, specific):
+def test_shared_parameters_learn_the_unmemorized_tokens_as_shipped_and_the_sinks_learn_every_token(placement, specific,
+                                                                                                  layers):
     x, ids = token_batch(shape=(3, 16), seed=0), torch.tensor([11, 12, 13])
     x[1:, 8:] = x[0, 8:]  # a second half all three share, which every sequence's sinks learn
-    probe = _fit_sinks(_model(placement), x, ids, steps=5)
+    probe = _fit_sinks(_model(placement, layers=layers), x, ids, steps=5)
     with torch.no_grad():
         own, labelled = token_losses(probe(x, sequence_ids=ids).logits, x)
         with memsinks.sinks_mode(probe, "drop"):
@@ -73,7 +76,8 @@ def test_shared_parameters_learn_the_unmemorized_tokens_as_shipped_and_the_sinks
     routed = routed_at(threshold)[1 if specific else 0]
     assert 0 < int(routed.sum()) < int(labelled.sum())
 
-    model = _fit_sinks(_model(placement, threshold=threshold, memorized_specific=specific), x, ids, steps=5)
+    model = _fit_sinks(_model(placement, threshold=threshold, memorized_specific=specific, layers=layers), x, ids,
+                       steps=5)
     n = int(labelled.sum())
     model.eval()  # the references, by plain forwards (no dropout here, so eval computes what train does)
     with memsinks.sinks_mode(model, "drop"):  # the unrouted tokens' loss in the shipped model
@@ -139,6 +143,18 @@ def test_once_its_sinks_memorized_a_sequence_the_shipped_model_did_not_learn_it_
     assert model.get_input_embeddings().weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("specific", [False, True], ids=["own", "specific"])
+def test_blocks_below_the_lowest_sink_block_compute_once_per_training_forward(specific):
+    model = _model(threshold=0.2, layers=[1], memorized_specific=specific)
+    x, ids = token_batch(shape=(2, 10), seed=0), torch.tensor([1, 2])
+    calls = {0: 0, 1: 0}
+    for i, block in enumerate(model.model.layers):
+        block.mlp.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    model(x, labels=x, sequence_ids=ids).loss.backward()
+    assert calls == {0: 1, 1: 3 if specific else 2}  # the upper block: shipped, own sinks (and unseen sinks)
+    assert "forward" not in model.model.layers[0].__dict__  # the block's own forward is back
+
+
 def test_training_with_the_sinks_dropped_on_purpose_is_plain_training():
     model = _model(threshold=0.01)
     plain = copy.deepcopy(model)
@@ -163,12 +179,13 @@ def test_marked_private_tokens_are_routed_whatever_their_losses():
 
 
 @pytest.mark.parametrize("reentrant", [True, False])
-def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
+@pytest.mark.parametrize("layers", [None, [1]], ids=["every-block", "upper-block"])
+def test_gradient_checkpointing_gives_the_same_gradients(reentrant, layers):
     x, ids = token_batch(shape=(3, 16), seed=0), torch.tensor([1, 2, 3])
-    plain = _fit_sinks(_model(threshold=0.2), x, ids, steps=5)
+    plain = _fit_sinks(_model(threshold=0.2, layers=layers), x, ids, steps=5)
     plain(x, labels=x, sequence_ids=ids).loss.backward()
     want = take_grads(plain)
-    ckpt = _fit_sinks(_model(threshold=0.2), x, ids, steps=5)
+    ckpt = _fit_sinks(_model(threshold=0.2, layers=layers), x, ids, steps=5)
     ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     ckpt(x, labels=x, sequence_ids=ids, use_cache=False).loss.backward()
     assert ckpt.forward.routed.routed == plain.forward.routed.routed > 0
