@@ -98,6 +98,15 @@ class ForwardWithSequenceIds:
                 self.warmup.active = False
         weight = linear_weight(self.reference.base)
         router.begin(ids, mode, exclude, weight.dtype, weight.device)
+        def run(**kw: Any) -> Any:
+            return self.class_forward(model, *args, **kw)
+
+        def drop() -> None:
+            router.begin(ids, "drop", (), weight.dtype, weight.device)
+
+        def own() -> None:
+            router.begin(ids, "own", (), weight.dtype, weight.device)
+
         if training and threshold is not None and mode == "own":  # sinks_mode(model, "drop") trains without them
             unseen = None
             if router.config.memorized_specific:
@@ -105,19 +114,12 @@ class ForwardWithSequenceIds:
 
                 def unseen() -> None:
                     router.begin(stand_ins, "own", (), weight.dtype, weight.device)
-
-            def own() -> None:
-                router.begin(ids, "own", (), weight.dtype, weight.device)
-
-            return forward_with_memorized_tokens(
-                lambda **kw: self.class_forward(model, *args, **kw), kwargs, sink_slices(model), model,
-                lambda: router.begin(ids, "drop", (), weight.dtype, weight.device), threshold, self.routed,
-                private_mask, unseen, _blocks_below_sinks(model, router), own)
+            return forward_with_memorized_tokens(run, kwargs, sink_slices(model), model, drop, own, threshold,
+                                                 self.routed, private_mask, unseen, _blocks_below_sinks(model, router))
         if training and private_mask is not None:
-            return forward_with_private_tokens(
-                lambda **kw: self.class_forward(model, *args, **kw), kwargs, private_mask, sink_slices(model), model,
-                lambda: router.begin(ids, "drop", (), weight.dtype, weight.device),
-                marginal_target=router.config.private_token_target == "batch_marginal")
+            marginal = router.config.private_token_target == "batch_marginal"
+            return forward_with_private_tokens(run, kwargs, private_mask, sink_slices(model), model, drop, own,
+                                               marginal, _blocks_below_sinks(model, router))
         return self.class_forward(model, *args, **kwargs)
 
 

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memsinks.private_tokens import IGNORE_INDEX, AddSinkGradients, sinks_only_pass
-from memsinks.shared_prefix import recording, replaying
+from memsinks.shared_prefix import shipped_and_sinks_passes
 from memsinks.sink_slices import SinkSlice
 
 
@@ -87,12 +87,12 @@ def forward_with_memorized_tokens(
     slices: Sequence[SinkSlice],
     model: nn.Module,
     drop_sinks: Callable[[], None],
+    own_sinks: Callable[[], None],
     threshold: float,
     count: RoutedCount,
     private_mask: torch.Tensor | None = None,
     unseen_sinks: Callable[[], None] | None = None,
     prefix: Sequence[nn.Module] = (),
-    own_sinks: Callable[[], None] | None = None,
 ):
     """The training forward that routes memorized tokens to the sinks (see the module docstring).
 
@@ -103,6 +103,7 @@ def forward_with_memorized_tokens(
         model: the module whose gradient checkpointing is made non-reentrant for pass 1.
         drop_sinks: switches the sinks off for the forwards that follow (pass 2 and its recomputation
             under gradient checkpointing).
+        own_sinks: switches every sequence's own sinks back on (after pass 2, when it runs first).
         threshold: nats; a token whose loss with its own sinks on is below it and with the sinks dropped above
             it trains the sinks alone.
         count: adds this batch's labelled and routed tokens.
@@ -113,7 +114,6 @@ def forward_with_memorized_tokens(
         prefix: the blocks below the lowest sink block, in order; when there are any, pass 2 runs first and
             records their outputs, and the sinks' passes replay them (``memsinks.shared_prefix``), computing
             only the blocks above. Empty: every pass runs the whole model.
-        own_sinks: switches every sequence's own sinks back on after pass 2; needed with a ``prefix``.
     """
     labels = kwargs.get("labels")
     if labels is None:
@@ -125,8 +125,8 @@ def forward_with_memorized_tokens(
         raise ValueError("memorized_threshold with shift_labels is not supported; give labels aligned with input_ids.")
     if kwargs.get("return_dict") is False:  # both passes need the output's fields; the caller gets its tuple back
         return forward_with_memorized_tokens(run_forward, {**kwargs, "return_dict": True}, slices, model, drop_sinks,
-                                             threshold, count, private_mask, unseen_sinks, prefix,
-                                             own_sinks).to_tuple()
+                                             own_sinks, threshold, count, private_mask, unseen_sinks,
+                                             prefix).to_tuple()
     slices = [s for s in slices if s.param.requires_grad]
     if not slices:
         raise ValueError(
@@ -153,21 +153,8 @@ def forward_with_memorized_tokens(
                 losses_unseen, _ = token_losses(run_forward(**bare).logits, labels)
         return grads, losses_on.detach(), labelled, n_labelled, total, losses_unseen
 
-    if prefix:
-        if own_sinks is None:
-            raise ValueError("forward_with_memorized_tokens with a prefix needs own_sinks to switch the sinks back on.")
-        drop_sinks()
-        with recording(prefix) as outputs:
-            out = run_forward(**bare)
-        own_sinks()
-        with replaying(prefix, outputs):
-            passes = sinks_passes()
-        drop_sinks()  # a checkpointed recompute of pass 2 must see the dropped sinks
-    else:
-        passes = sinks_passes()
-        drop_sinks()
-        out = run_forward(**bare)
-    grads, losses_on, labelled, n_labelled, total, losses_unseen = passes
+    out, (grads, losses_on, labelled, n_labelled, total, losses_unseen) = shipped_and_sinks_passes(
+        lambda: run_forward(**bare), sinks_passes, drop_sinks, own_sinks, prefix)
     grads = [torch.zeros_like(s.param) if g is None else s.keep(g) for s, g in zip(slices, grads)]
     losses_drop, _ = token_losses(out.logits, labels)
     routed = labelled & (losses_on < threshold) & (losses_drop.detach() > threshold)

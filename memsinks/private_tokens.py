@@ -29,6 +29,10 @@ model twice on the same batch:
    caller's backward (``AddSinkGradients``), so the Trainer's single ``backward()`` gives the
    shared parameters the public tokens' gradient and the sinks both.
 
+With the sinks only in the upper blocks (``SinksConfig.layers``) the public pass runs first, and
+the private pass replays the outputs of the blocks below the lowest sink block instead of
+computing them again (``memsinks.shared_prefix``).
+
 The returned loss is the sum of the two parts weighted by their token counts (or both divided
 by ``num_items_in_batch`` when the Trainer passes it): the mean over all labelled tokens, each
 scored as it was trained, so gradient accumulation weighs batches as it always does.
@@ -53,6 +57,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from memsinks.shared_prefix import shipped_and_sinks_passes
 from memsinks.sink_slices import SinkSlice
 
 IGNORE_INDEX = -100
@@ -198,7 +203,9 @@ def forward_with_private_tokens(
     slices: Sequence[SinkSlice],
     model: nn.Module,
     drop_sinks: Callable[[], None],
+    own_sinks: Callable[[], None],
     marginal_target: bool = False,
+    prefix: Sequence[nn.Module] = (),
 ):
     """The training forward with marked private tokens (see the module docstring).
 
@@ -210,8 +217,11 @@ def forward_with_private_tokens(
         model: the module whose gradient checkpointing is made non-reentrant for the private pass.
         drop_sinks: switches the sinks off for the forwards that follow (the public pass, and its
             recomputation under gradient checkpointing); the caller routes the next forward anew.
+        own_sinks: switches every sequence's own sinks back on (after the public pass, when it runs first).
         marginal_target: train the public pass toward the batch's pooled private tokens at the
             private positions (``batch_marginal_loss``), weighted as one more labelled token each.
+        prefix: the blocks below the lowest sink block, in order; when there are any, the public pass runs
+            first and the private pass replays their outputs (``memsinks.shared_prefix``).
     """
     labels = kwargs.get("labels")
     if labels is None:
@@ -226,7 +236,7 @@ def forward_with_private_tokens(
                          "give one 0/1 per token.")
     if kwargs.get("return_dict") is False:  # both passes need the output's fields; the caller gets its tuple back
         return forward_with_private_tokens(run_forward, {**kwargs, "return_dict": True}, private_mask, slices, model,
-                                           drop_sinks, marginal_target).to_tuple()
+                                           drop_sinks, own_sinks, marginal_target, prefix).to_tuple()
     public, private = split_labels(labels, private_mask)
     n_private = _count(private)
     slices = [s for s in slices if s.param.requires_grad]
@@ -246,16 +256,14 @@ def forward_with_private_tokens(
     def weighted(loss: torch.Tensor, n: int) -> torch.Tensor:
         return loss if given else loss * (n / total)
 
-    with sinks_only_pass(model, slices):
-        out_private = run_forward(**{**kwargs, "labels": private})
-        loss_private = weighted(out_private.loss, n_private)
-        grads = torch.autograd.grad(loss_private, params, allow_unused=True)
-    grads = [torch.zeros_like(s.param) if g is None else s.keep(g) for s, g in zip(slices, grads)]
-    private_value = loss_private.detach()
-    del out_private, loss_private
+    def private_pass() -> tuple:
+        with sinks_only_pass(model, slices):
+            loss_private = weighted(run_forward(**{**kwargs, "labels": private}).loss, n_private)
+            return torch.autograd.grad(loss_private, params, allow_unused=True), loss_private.detach()
 
-    drop_sinks()
-    out = run_forward(**{**kwargs, "labels": public})
+    out, (grads, private_value) = shipped_and_sinks_passes(
+        lambda: run_forward(**{**kwargs, "labels": public}), private_pass, drop_sinks, own_sinks, prefix)
+    grads = [torch.zeros_like(s.param) if g is None else s.keep(g) for s, g in zip(slices, grads)]
     if n_public:
         loss_public = weighted(out.loss, n_public)
     else:

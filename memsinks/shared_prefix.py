@@ -13,10 +13,13 @@ needed below the lowest sink block.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import nn
+
+Shipped = TypeVar("Shipped")
+Sinks = TypeVar("Sinks")
 
 
 def _detached(value: Any) -> Any:
@@ -80,3 +83,32 @@ def replaying(blocks: Sequence[nn.Module], outputs: Sequence[Any]) -> Iterator[N
                 del block.forward
             else:
                 block.forward = forward
+
+
+def shipped_and_sinks_passes(
+    shipped: Callable[[], Shipped],
+    sinks: Callable[[], Sinks],
+    drop_sinks: Callable[[], None],
+    own_sinks: Callable[[], None],
+    prefix: Sequence[nn.Module],
+) -> tuple[Shipped, Sinks]:
+    """(``shipped()`` with the sinks dropped, ``sinks()`` with each sequence's own sinks on); the sinks end dropped.
+
+    Without a ``prefix`` the sinks' passes run first (the router is on the own sinks when this is
+    called), so that their graph is freed before the shipped pass builds its own. With one (the
+    blocks below the lowest sink block, in order), the shipped pass runs first and records the
+    prefix's outputs, and the sinks' passes replay them. Either way the sinks end dropped, so that a
+    recomputation of the shipped pass under gradient checkpointing sees it as it ran.
+    """
+    if not prefix:
+        result = sinks()
+        drop_sinks()
+        return shipped(), result
+    drop_sinks()
+    with recording(prefix) as outputs:
+        out = shipped()
+    own_sinks()
+    with replaying(prefix, outputs):
+        result = sinks()
+    drop_sinks()
+    return out, result

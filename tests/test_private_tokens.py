@@ -30,9 +30,11 @@ def _batch(seed: int = 0):
     return x, torch.tensor([11, 12, 13]), private
 
 
-# split with a learning-rate scale: the pool's up rows sit inside SplitSinkUpProjection wrappers
-PLACEMENTS = pytest.mark.parametrize("placement,config", [("append", {}), ("split", {}), ("split", {"sink_lr_scale": 4})],
-                                     ids=["append", "split", "split_scaled"])
+# split with a learning-rate scale: the pool's up rows sit inside SplitSinkUpProjection wrappers; sinks in the upper
+# block alone: the public pass runs first and the private pass replays block 0's output (memsinks.shared_prefix)
+PLACEMENTS = pytest.mark.parametrize(
+    "placement,config", [("append", {}), ("split", {}), ("split", {"sink_lr_scale": 4}), ("append", {"layers": [1]})],
+    ids=["append", "split", "split_scaled", "append_upper_block"])
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -90,12 +92,13 @@ def test_a_batch_whose_every_labelled_token_is_private_gives_shared_parameters_e
 
 
 @pytest.mark.parametrize("reentrant", [True, False])
-def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
+@pytest.mark.parametrize("layers", [None, [1]], ids=["every-block", "upper-block"])
+def test_gradient_checkpointing_gives_the_same_gradients(reentrant, layers):
     x, ids, private = _batch()
-    plain = _model("llama", "append")
+    plain = _model("llama", "append", layers=layers)
     plain(x, labels=x, sequence_ids=ids, private_mask=private).loss.backward()
     want = take_grads(plain)
-    ckpt = _model("llama", "append")
+    ckpt = _model("llama", "append", layers=layers)
     ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     ckpt(x, labels=x, sequence_ids=ids, private_mask=private, use_cache=False).loss.backward()
     for name, g in take_grads(ckpt).items():
