@@ -98,6 +98,7 @@ class ForwardWithSequenceIds:
                 self.warmup.active = False
         weight = linear_weight(self.reference.base)
         router.begin(ids, mode, exclude, weight.dtype, weight.device)
+
         def run(**kw: Any) -> Any:
             return self.class_forward(model, *args, **kw)
 
