@@ -60,7 +60,9 @@ class SinksConfig(SavedConfig):
         "Size of the appended pool per MLP ('append' only).")})
     layers: list[int] | None = field(default=None, metadata={"help": (
         "Indices of the transformer blocks that get sinks (negative indices count from the end); None means "
-        "every block.")})
+        "every block. With memorized_threshold or a private_mask, the blocks below the lowest sink block run "
+        "once per training forward and the sinks' pass computes only the blocks above and the head "
+        "(memsinks.shared_prefix), so sinks in the upper blocks alone (e.g. the last third) cost less.")})
     routing_seed: int = field(default=0, metadata={"help": (
         "Seed of the ID-to-sink hash. Two models with the same seed route every ID to the same units.")})
     eval_mode: str = field(default="drop", metadata={"help": (
