@@ -120,7 +120,7 @@ class ForwardWithSequenceIds:
         if training and private_mask is not None:
             marginal = router.config.private_token_target == "batch_marginal"
             return forward_with_private_tokens(run, kwargs, private_mask, sink_slices(model), model, drop, own,
-                                               marginal, _blocks_below_sinks(model, router))
+                                               marginal_target=marginal, prefix=_blocks_below_sinks(model, router))
         return self.class_forward(model, *args, **kwargs)
 
 
