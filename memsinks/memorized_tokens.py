@@ -73,12 +73,13 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
         labels: (B, T), -100 where no loss is taken.
 
     Returns ``losses`` (B, T - 1), zero where the label is -100, and the bool ``labelled`` (B, T - 1).
+    The labels are shifted, not the logits: a slice of the (B, T, V) logits would be copied, and
+    its gradient filled into a zero tensor of their size, on each of a training step's passes.
     """
-    targets = labels[:, 1:].to(logits.device)
-    labelled = targets != IGNORE_INDEX
-    losses = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.masked_fill(~labelled, 0).flatten(),
-                             reduction="none").view(targets.shape)
-    return losses * labelled, labelled
+    targets = F.pad(labels[:, 1:].to(logits.device), (0, 1), value=IGNORE_INDEX)
+    losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                             reduction="none").view(targets.shape)[:, :-1]
+    return losses, targets[:, :-1] != IGNORE_INDEX
 
 
 def forward_with_memorized_tokens(

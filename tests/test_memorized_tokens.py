@@ -47,6 +47,19 @@ def _fit_sinks(model, x, ids, steps: int):
     return model
 
 
+def test_token_losses_are_the_models_own_loss_per_token_and_zero_where_unlabelled():
+    model = _base()
+    x = token_batch(128, (3, 12), seed=4)
+    labels = x.clone()
+    labels[0, 5:8] = -100
+    labels[2, -1] = -100
+    losses, labelled = token_losses(model(x).logits, labels)
+    assert losses.shape == labelled.shape == (3, 11)
+    assert torch.equal(labelled, labels[:, 1:] != -100)
+    assert torch.all(losses[~labelled] == 0) and torch.all(losses[labelled] > 0)
+    torch.testing.assert_close(losses.sum() / labelled.sum(), model(x, labels=labels).loss)
+
+
 # the upper block alone: pass 2 runs first and the sinks' passes replay block 0's output (memsinks.shared_prefix)
 @pytest.mark.parametrize("placement,layers", [("append", None), ("split", None), ("append", [1])],
                          ids=["append", "split", "append-upper-block"])
