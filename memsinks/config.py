@@ -134,6 +134,14 @@ class SinksConfig(SavedConfig):
         "predict it either (their loss is above the threshold too), so that what the whole pool has learned "
         "from many sequences (a domain's common language) keeps training the shipped model and only what is "
         "specific to the sequence goes to its sinks. Costs a third forward per step, without gradient.")})
+    memorized_missed_only: bool = field(default=False, metadata={"help": (
+        "With memorized_threshold: the pass with the sinks on trains the sinks only on the tokens the shipped "
+        "model misses (loss above the threshold with the sinks dropped) and the marked ones, the only tokens "
+        "that can be routed, and computes the output layer at those positions alone. The sinks then spend "
+        "nothing on what the shipped model already predicts, and the output layer's cost in that pass (a large "
+        "part of it when the vocabulary is large) shrinks with the share of such tokens. The pass with the "
+        "sinks dropped runs first, so both passes' activations are held at once. The model's forward must "
+        "compute logits at every position through its output embeddings (get_output_embeddings()).")})
 
     def __post_init__(self) -> None:
         for name in ("p_gen", "p_mem"):
@@ -229,6 +237,13 @@ class SinksConfig(SavedConfig):
         if self.memorized_specific and threshold is None:
             raise ValueError("SinksConfig.memorized_specific narrows the tokens memorized_threshold routes, and "
                              "memorized_threshold is None; set a threshold (e.g. 1.0) or memorized_specific=False.")
+        if not isinstance(self.memorized_missed_only, bool):
+            raise ValueError(f"SinksConfig.memorized_missed_only must be True or False; got "
+                             f"{self.memorized_missed_only!r}.")
+        if self.memorized_missed_only and threshold is None:
+            raise ValueError("SinksConfig.memorized_missed_only narrows what the sinks learn when memorized_threshold "
+                             "routes tokens, and memorized_threshold is None; set a threshold (e.g. 1.0) or "
+                             "memorized_missed_only=False.")
         if self.private_token_target not in PRIVATE_TOKEN_TARGETS:
             raise ValueError(f"SinksConfig.private_token_target must be one of {PRIVATE_TOKEN_TARGETS}; got "
                              f"{self.private_token_target!r}.")

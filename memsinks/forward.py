@@ -115,8 +115,10 @@ class ForwardWithSequenceIds:
 
                 def unseen() -> None:
                     router.begin(stand_ins, "own", (), weight.dtype, weight.device)
+            head = _output_layer(model) if router.config.memorized_missed_only else None
             return forward_with_memorized_tokens(run, kwargs, sink_slices(model), model, drop, own, threshold,
-                                                 self.routed, private_mask, unseen, _blocks_below_sinks(model, router))
+                                                 self.routed, private_mask, unseen, _blocks_below_sinks(model, router),
+                                                 missed_only_head=head)
         if training and private_mask is not None:
             marginal = router.config.private_token_target == "batch_marginal"
             return forward_with_private_tokens(run, kwargs, private_mask, sink_slices(model), model, drop, own,
@@ -131,6 +133,16 @@ def _blocks_below_sinks(model: nn.Module, router: SinkRouter) -> list[nn.Module]
     if lowest == 0:
         return []
     return list(find_blocks(model, layout_for(router.config.model_type)))[:lowest]
+
+
+def _output_layer(model: nn.Module) -> nn.Module:
+    """The model's output embeddings, which ``SinksConfig.memorized_missed_only`` computes at some positions only."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Module):
+        raise ValueError(f"SinksConfig.memorized_missed_only computes the output layer at the routable tokens only, and "
+                         f"{type(model).__name__} has no output embeddings (get_output_embeddings() gave "
+                         f"{head!r}); set memorized_missed_only=False.")
+    return head
 
 
 def _input_shape(args: tuple, kwargs: dict) -> tuple[int, ...] | None:

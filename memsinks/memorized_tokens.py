@@ -29,6 +29,12 @@ which no sequence has): a token that those sinks predict too (loss below the thr
 something the pool learned from many sequences, such as a domain's common language, and keeps
 training the shipped model; only tokens that the sequence's own sinks alone predict are routed.
 
+With ``SinksConfig.memorized_missed_only`` pass 2 runs first, and pass 1 (and the third forward)
+computes the output layer and the loss only at the tokens that pass 2 scores above the threshold
+(and the marked ones): the only tokens that can be routed. The sinks then learn only what the
+shipped model misses, and the output layer, a large part of a pass when the vocabulary is large,
+costs those rows alone.
+
 When the sinks sit only in the upper blocks (``SinksConfig.layers``), pass 2 runs first and
 the blocks below the lowest sink block compute once: the sinks' passes replay their outputs
 (``memsinks.shared_prefix``) and cost only the blocks above and the head.
@@ -41,8 +47,9 @@ The cost is that of marked spans: two forwards and a backward that stops at the 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +101,7 @@ def forward_with_memorized_tokens(
     private_mask: torch.Tensor | None = None,
     unseen_sinks: Callable[[], None] | None = None,
     prefix: Sequence[nn.Module] = (),
+    missed_only_head: nn.Module | None = None,
 ):
     """The training forward that routes memorized tokens to the sinks (see the module docstring).
 
@@ -115,6 +123,9 @@ def forward_with_memorized_tokens(
         prefix: the blocks below the lowest sink block, in order; when there are any, pass 2 runs first and
             records their outputs, and the sinks' passes replay them (``memsinks.shared_prefix``), computing
             only the blocks above. Empty: every pass runs the whole model.
+        missed_only_head: the model's output layer, for ``SinksConfig.memorized_missed_only``: pass 2 runs
+            first and the sinks' passes compute this layer and their loss only at the tokens that could be
+            routed (``missed_tokens``). None: the sinks' passes score every labelled token.
     """
     labels = kwargs.get("labels")
     if labels is None:
@@ -127,7 +138,7 @@ def forward_with_memorized_tokens(
     if kwargs.get("return_dict") is False:  # both passes need the output's fields; the caller gets its tuple back
         return forward_with_memorized_tokens(run_forward, {**kwargs, "return_dict": True}, slices, model, drop_sinks,
                                              own_sinks, threshold, count, private_mask, unseen_sinks,
-                                             prefix).to_tuple()
+                                             prefix, missed_only_head).to_tuple()
     slices = [s for s in slices if s.param.requires_grad]
     if not slices:
         raise ValueError(
@@ -137,35 +148,89 @@ def forward_with_memorized_tokens(
     params = [s.param for s in slices]
     given = kwargs.get("num_items_in_batch")
     bare = {**kwargs, "labels": None}
+    marked = None if private_mask is None else private_mask[:, 1:].to(labels.device)
+    shipped_losses: list = []
+
+    def shipped_pass():
+        out = run_forward(**bare)
+        shipped_losses.extend(token_losses(out.logits, labels))
+        return out
+
+    def scored(where: torch.Tensor | None) -> torch.Tensor:
+        """(B, T - 1) losses of a forward with the sinks as routed now; with ``where``, at those tokens only (0
+        elsewhere), the output layer computing only their rows."""
+        if where is None:
+            return token_losses(run_forward(**bare).logits, labels)[0]
+        with rows_only(missed_only_head, where):
+            logits = run_forward(**bare).logits
+        losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:][where], reduction="none")
+        return torch.zeros(where.shape, dtype=losses.dtype, device=losses.device).masked_scatter(where, losses)
 
     def sinks_passes() -> tuple:
         """Pass 1 and, with ``unseen_sinks``, the forward in unseen sequences' sinks; the router is left on them."""
+        if missed_only_head is None:
+            where, labelled = None, labels[:, 1:] != IGNORE_INDEX
+        else:
+            losses_drop, labelled = shipped_losses
+            where = missed_tokens(losses_drop.detach(), labelled, threshold, marked)
+        n_labelled = int(labelled.sum())
+        total = given if given is not None else max(n_labelled, 1)
+        if where is not None and not bool(where.any()):  # nothing could be routed: the sinks learn nothing here
+            zeros = torch.zeros(labelled.shape, device=labelled.device)
+            return [None] * len(params), zeros, labelled, n_labelled, total, None
         with sinks_only_pass(model, slices):
-            out_on = run_forward(**bare)
-            losses_on, labelled = token_losses(out_on.logits, labels)
-            n_labelled = int(labelled.sum())
-            total = given if given is not None else max(n_labelled, 1)
+            losses_on = scored(where)
             grads = torch.autograd.grad(losses_on.sum() / total, params, allow_unused=True)
-        del out_on
         losses_unseen = None
         if unseen_sinks is not None:
             unseen_sinks()
             with torch.no_grad():
-                losses_unseen, _ = token_losses(run_forward(**bare).logits, labels)
+                losses_unseen = scored(where)
         return grads, losses_on.detach(), labelled, n_labelled, total, losses_unseen
 
     out, (grads, losses_on, labelled, n_labelled, total, losses_unseen) = shipped_and_sinks_passes(
-        lambda: run_forward(**bare), sinks_passes, drop_sinks, own_sinks, prefix)
+        shipped_pass, sinks_passes, drop_sinks, own_sinks, prefix, shipped_first=missed_only_head is not None)
     grads = [torch.zeros_like(s.param) if g is None else s.keep(g) for s, g in zip(slices, grads)]
-    losses_drop, _ = token_losses(out.logits, labels)
+    losses_drop = shipped_losses[0]
     routed = labelled & (losses_on < threshold) & (losses_drop.detach() > threshold)
     if losses_unseen is not None:
         routed &= losses_unseen > threshold
-    if private_mask is not None:
-        routed |= labelled & private_mask[:, 1:].to(routed.device)
+    if marked is not None:
+        routed |= labelled & marked
     loss_public = (losses_drop * ~routed).sum() / total
     routed_value = (losses_on * routed).sum() / total
     count.routed += int(routed.sum())
     count.labelled += n_labelled
     out.loss = AddSinkGradients.apply(loss_public, routed_value, len(grads), *grads, *params)
     return out
+
+
+def missed_tokens(losses_drop: torch.Tensor, labelled: torch.Tensor, threshold: float,
+                  marked: torch.Tensor | None) -> torch.Tensor:
+    """(B, T - 1) bool: the labelled tokens that could be routed, those the shipped model misses (loss above
+    ``threshold`` with the sinks dropped) and the marked ones (``marked`` (B, T - 1) or None)."""
+    where = labelled & (losses_drop > threshold)
+    return where if marked is None else where | (labelled & marked)
+
+
+@contextlib.contextmanager
+def rows_only(head: nn.Module, where: torch.Tensor) -> Iterator[None]:
+    """Inside the block, ``head`` (the output layer) is computed only at the positions ``where`` marks.
+
+    ``where`` (B, T - 1) marks predictions of a causal LM, position t predicting the token at t + 1.
+    ``head``'s input (B, T, H) becomes (1, N, H), the N marked rows in order, so the model's
+    logits are (1, N, V): the output layer's product and the loss cost N rows instead of B x T.
+    """
+    def keep_rows(_module: nn.Module, args: tuple) -> tuple:
+        hidden = args[0]
+        if hidden.shape[:2] != (where.shape[0], where.shape[1] + 1):
+            raise ValueError(f"memorized_missed_only: the output layer got hidden states of shape "
+                             f"{tuple(hidden.shape)} for labels of shape {(where.shape[0], where.shape[1] + 1)}; "
+                             "the model must compute logits at every position (do not pass logits_to_keep).")
+        return (hidden[:, :-1][where].unsqueeze(0), *args[1:])
+
+    handle = head.register_forward_pre_hook(keep_rows)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -91,16 +91,18 @@ def shipped_and_sinks_passes(
     drop_sinks: Callable[[], None],
     own_sinks: Callable[[], None],
     prefix: Sequence[nn.Module],
+    shipped_first: bool = False,
 ) -> tuple[Shipped, Sinks]:
     """(``shipped()`` with the sinks dropped, ``sinks()`` with each sequence's own sinks on); the sinks end dropped.
 
     Without a ``prefix`` the sinks' passes run first (the router is on the own sinks when this is
-    called), so that their graph is freed before the shipped pass builds its own. With one (the
-    blocks below the lowest sink block, in order), the shipped pass runs first and records the
+    called), so that their graph is freed before the shipped pass builds its own; ``shipped_first``
+    runs the shipped pass first anyway, for sinks' passes that read what it computed. With a prefix
+    (the blocks below the lowest sink block, in order), the shipped pass runs first and records the
     prefix's outputs, and the sinks' passes replay them. Either way the sinks end dropped, so that a
     recomputation of the shipped pass under gradient checkpointing sees it as it ran.
     """
-    if not prefix:
+    if not prefix and not shipped_first:
         result = sinks()
         drop_sinks()
         return shipped(), result

@@ -117,6 +117,74 @@ def test_shared_parameters_learn_the_unmemorized_tokens_as_shipped_and_the_sinks
             assert piece.keep(g).abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("layers", [None, [1]], ids=["every-block", "upper-block"])
+def test_with_missed_only_the_sinks_learn_only_the_tokens_the_shipped_model_misses_and_the_head_computes_only_them(
+        layers):
+    x, ids = token_batch(shape=(3, 16), seed=0), torch.tensor([11, 12, 13])
+    probe = _fit_sinks(_model(layers=layers), x, ids, steps=5)
+    with torch.no_grad():
+        own, labelled = token_losses(probe(x, sequence_ids=ids).logits, x)
+        with memsinks.sinks_mode(probe, "drop"):
+            drop, _ = token_losses(probe(x, sequence_ids=ids).logits, x)
+
+    def split_at(t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        missed = labelled & (drop > t)
+        return missed, missed & (own < t)
+
+    # some tokens the shipped model predicts (the sinks must not learn them), some routed
+    threshold = next(t for t in torch.quantile(drop[labelled], torch.linspace(0.1, 0.9, 17)).tolist()
+                     if 0 < int(split_at(t)[1].sum()) and int(split_at(t)[0].sum()) < int(labelled.sum()))
+    missed, routed = split_at(threshold)
+
+    model = _fit_sinks(_model(threshold=threshold, layers=layers), x, ids, steps=5)  # the same sinks as probe's
+    get_router(model).config.memorized_missed_only = True
+    n = int(labelled.sum())
+    model.eval()
+    with memsinks.sinks_mode(model, "drop"):
+        public = x.clone()
+        public[:, 1:] = public[:, 1:].masked_fill(routed, -100)
+        (model(x, labels=public, sequence_ids=ids).loss * int((public[:, 1:] != -100).sum()) / n).backward()
+    g_public = take_grads(model)
+    with memsinks.sinks_mode(model, "own"):  # the sinks' loss: the missed tokens' alone, over every labelled token
+        only_missed = x.clone()
+        only_missed[:, 1:] = only_missed[:, 1:].masked_fill(~missed, -100)
+        (model(x, labels=only_missed, sequence_ids=ids).loss * int(missed.sum()) / n).backward()
+    g_own = take_grads(model)
+
+    rows = []
+    model.lm_head.register_forward_hook(lambda _m, _args, logits: rows.append(tuple(logits.shape[:2])))
+    out = model.train()(x, labels=x, sequence_ids=ids)
+    assert rows == [(3, 16), (1, int(missed.sum()))]  # the shipped pass, then the missed rows alone
+    assert torch.allclose(out.loss, ((drop * ~routed).sum() + (own * routed).sum()) / n, atol=1e-5)
+    assert model.forward.routed.routed == int(routed.sum())
+    out.loss.backward()
+    pieces = sink_pieces(model)
+    for name, g in take_grads(model).items():
+        piece = pieces[name]
+        if piece is None:
+            assert torch.allclose(g, g_public[name], atol=1e-6), name
+        else:
+            assert torch.allclose(g, piece.keep(g_own[name]) + (g_public[name] - piece.keep(g_public[name])),
+                                  atol=1e-6), name
+
+
+def test_with_missed_only_and_nothing_missed_only_the_shipped_pass_runs_and_the_sinks_learn_nothing():
+    model = _model(threshold=1e6, memorized_missed_only=True)  # no loss is above it
+    x, ids = token_batch(shape=(2, 10), seed=0), torch.tensor([1, 2])
+    rows = []
+    model.lm_head.register_forward_hook(lambda _m, _args, logits: rows.append(tuple(logits.shape[:2])))
+    out = model(x, labels=x, sequence_ids=ids)
+    with memsinks.sinks_mode(model, "drop"):
+        plain = model.eval()(x, labels=x, sequence_ids=ids).loss
+    assert rows == [(2, 10), (2, 10)]  # the training forward's one pass, then the reference's
+    assert torch.allclose(out.loss, plain, atol=1e-6) and model.forward.routed.routed == 0
+    out.loss.backward()
+    pieces = sink_pieces(model)
+    for name, p in model.named_parameters():
+        if pieces[name] is not None:
+            assert not pieces[name].keep(p.grad).any(), name
+
+
 def test_at_step_0_nothing_is_memorized_so_the_shipped_model_learns_as_plain_fine_tuning_does():
     base = _base().train()
     model = memsinks.add_sinks(copy.deepcopy(base), memsinks.SinksConfig(
@@ -182,8 +250,9 @@ def test_training_with_the_sinks_dropped_on_purpose_is_plain_training():
         assert torch.equal(g, want[name]), name
 
 
-def test_marked_private_tokens_are_routed_whatever_their_losses():
-    model = _model(threshold=1e6)  # a threshold nothing reaches: only the marks route
+@pytest.mark.parametrize("missed_only", [False, True], ids=["every-token", "missed-only"])
+def test_marked_private_tokens_are_routed_whatever_their_losses(missed_only):
+    model = _model(threshold=1e6, memorized_missed_only=missed_only)  # a threshold nothing reaches: only the marks route
     x, ids = token_batch(shape=(2, 10), seed=0), torch.tensor([1, 2])
     private = torch.zeros_like(x)
     private[0, 3:6] = 1
@@ -193,12 +262,14 @@ def test_marked_private_tokens_are_routed_whatever_their_losses():
 
 @pytest.mark.parametrize("reentrant", [True, False])
 @pytest.mark.parametrize("layers", [None, [1]], ids=["every-block", "upper-block"])
-def test_gradient_checkpointing_gives_the_same_gradients(reentrant, layers):
+@pytest.mark.parametrize("missed_only", [False, True], ids=["every-token", "missed-only"])
+def test_gradient_checkpointing_gives_the_same_gradients(reentrant, layers, missed_only):
     x, ids = token_batch(shape=(3, 16), seed=0), torch.tensor([1, 2, 3])
-    plain = _fit_sinks(_model(threshold=0.2, layers=layers), x, ids, steps=5)
+    config = {"threshold": 0.2, "layers": layers, "memorized_missed_only": missed_only}
+    plain = _fit_sinks(_model(**config), x, ids, steps=5)
     plain(x, labels=x, sequence_ids=ids).loss.backward()
     want = take_grads(plain)
-    ckpt = _fit_sinks(_model(threshold=0.2, layers=layers), x, ids, steps=5)
+    ckpt = _fit_sinks(_model(**config), x, ids, steps=5)
     ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     ckpt(x, labels=x, sequence_ids=ids, use_cache=False).loss.backward()
     assert ckpt.forward.routed.routed == plain.forward.routed.routed > 0
@@ -225,6 +296,13 @@ def test_memorized_specific_is_a_bool_and_needs_a_threshold():
         memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_threshold=1.0, memorized_specific=1)
     with pytest.raises(ValueError, match="memorized_threshold is None; set a threshold"):
         memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_specific=True)
+
+
+def test_memorized_missed_only_is_a_bool_and_needs_a_threshold():
+    with pytest.raises(ValueError, match="memorized_missed_only must be True or False"):
+        memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_threshold=1.0, memorized_missed_only="yes")
+    with pytest.raises(ValueError, match="memorized_threshold is None; set a threshold"):
+        memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_missed_only=True)
 
 
 @pytest.mark.parametrize("threshold", [0, -1.0, True, "1", float("inf")])

@@ -126,6 +126,14 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("sinks_memorized_top10", "sinks_memorized with sinks in the last 10 of the 30 blocks only: the sinks' pass "
         "then back-propagates through those 10 blocks alone",
         sinks=_sinks(memorized_threshold=1.0, layers=list(range(-10, 0))), tags=("lever",)),
+    Arm("sinks_memorized_top10_missed", "sinks_memorized_top10 with memorized_missed_only: the sinks learn only the "
+        "tokens the shipped model misses (loss above 1 nat with the sinks dropped), and their pass computes the "
+        "output layer at those positions alone",
+        sinks=_sinks(memorized_threshold=1.0, layers=list(range(-10, 0)), memorized_missed_only=True),
+        tags=("lever",)),
+    Arm("sinks_memorized_top5_missed", "sinks_memorized_top10_missed with sinks in the last 5 of the 30 blocks only",
+        sinks=_sinks(memorized_threshold=1.0, layers=list(range(-5, 0)), memorized_missed_only=True),
+        tags=("lever",)),
     Arm("dedup_sinks", "append sinks, defaults, trained on the exactly deduplicated rows for the same epochs (each "
         "distinct record once per epoch)", sinks=_sinks(), dedup=True, tags=("lever",)),
     Arm("sinks_record_ids", "append sinks, defaults, with each row's sequence ID from its own text (content IDs) "
