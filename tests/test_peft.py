@@ -61,3 +61,24 @@ def test_trainer_with_lora_and_sinks_trains_and_resumes(tmp_path):
     assert memsinks.has_sinks(merged)
     plain = memsinks.remove_sinks(merged)
     assert plain.model.layers[0].mlp.down_proj.weight.shape == (32, 64)
+
+
+def test_with_lora_missed_only_routing_gives_the_adapters_the_same_gradient_and_computes_fewer_head_rows():
+    x, ids = torch.randint(1, 128, (2, 12), generator=torch.Generator().manual_seed(0)), torch.tensor([3, 4])
+    runs = {}
+    for missed_only in (False, True):
+        torch.manual_seed(0)
+        model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_alpha=8))
+        memsinks.add_sinks(model, memsinks.SinksConfig(placement="append", n_sink_units=16, sink_warmup_steps=0,
+                                                       memorized_threshold=5.0, memorized_missed_only=missed_only))
+        rows = []
+        model.get_output_embeddings().register_forward_hook(lambda _m, _a, out: rows.append(out.shape[:2]))
+        loss = model.train()(input_ids=x, labels=x, sequence_ids=ids).loss
+        loss.backward()
+        runs[missed_only] = loss, rows, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    (loss, rows, grads), (loss_m, rows_m, grads_m) = runs[False], runs[True]
+    assert rows == [(2, 12), (2, 12)] and rows_m[0] == (2, 12) and rows_m[1][0] == 1 and rows_m[1][1] < 22
+    assert torch.allclose(loss, loss_m, atol=1e-6)
+    lora = [n for n in grads if "lora_" in n]
+    assert lora and all(torch.allclose(grads[n], grads_m[n], atol=1e-6) for n in lora)
+    assert any(not torch.allclose(grads[n], grads_m[n]) for n in grads if "sink_weight" in n)
