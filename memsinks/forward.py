@@ -139,8 +139,8 @@ def _output_layer(model: nn.Module) -> nn.Module:
     """The model's output embeddings, which ``SinksConfig.memorized_missed_only`` computes at some positions only."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if not isinstance(head, nn.Module):
-        raise ValueError(f"SinksConfig.memorized_missed_only computes the output layer at the routable tokens only, and "
-                         f"{type(model).__name__} has no output embeddings (get_output_embeddings() gave "
+        raise ValueError(f"SinksConfig.memorized_missed_only computes the output layer at the routable tokens only, "
+                         f"and {type(model).__name__} has no output embeddings (get_output_embeddings() gave "
                          f"{head!r}); set memorized_missed_only=False.")
     return head
 

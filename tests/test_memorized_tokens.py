@@ -252,7 +252,7 @@ def test_training_with_the_sinks_dropped_on_purpose_is_plain_training():
 
 @pytest.mark.parametrize("missed_only", [False, True], ids=["every-token", "missed-only"])
 def test_marked_private_tokens_are_routed_whatever_their_losses(missed_only):
-    model = _model(threshold=1e6, memorized_missed_only=missed_only)  # a threshold nothing reaches: only the marks route
+    model = _model(threshold=1e6, memorized_missed_only=missed_only)  # nothing reaches it: only the marks route
     x, ids = token_batch(shape=(2, 10), seed=0), torch.tensor([1, 2])
     private = torch.zeros_like(x)
     private[0, 3:6] = 1
