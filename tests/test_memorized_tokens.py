@@ -60,6 +60,19 @@ def test_token_losses_are_the_models_own_loss_per_token_and_zero_where_unlabelle
     torch.testing.assert_close(losses.sum() / labelled.sum(), model(x, labels=labels).loss)
 
 
+def _assert_shared_got_public_and_sinks_got_own(model, grads: dict, g_public: dict, g_own: dict) -> None:
+    """Each shared parameter's gradient is the public reference's; each sink piece's is the own-sinks reference's
+    (the rest of a split pool's tensor keeps the public one)."""
+    pieces = sink_pieces(model)
+    for name, g in grads.items():
+        piece = pieces[name]
+        if piece is None:
+            assert torch.allclose(g, g_public[name], atol=1e-6), name
+        else:
+            want = piece.keep(g_own[name]) + (g_public[name] - piece.keep(g_public[name]))
+            assert torch.allclose(g, want, atol=1e-6), name
+
+
 # the upper block alone: pass 2 runs first and the sinks' passes replay block 0's output (memsinks.shared_prefix)
 @pytest.mark.parametrize("placement,layers", [("append", None), ("split", None), ("append", [1])],
                          ids=["append", "split", "append-upper-block"])
@@ -106,15 +119,10 @@ def test_shared_parameters_learn_the_unmemorized_tokens_as_shipped_and_the_sinks
     assert torch.allclose(out.loss, ((drop * ~routed).sum() + (own * routed).sum()) / n, atol=1e-5)
     assert (model.forward.routed.routed, model.forward.routed.labelled) == (int(routed.sum()), n)
     out.loss.backward()
+    grads = take_grads(model)
+    _assert_shared_got_public_and_sinks_got_own(model, grads, g_public, g_own)
     pieces = sink_pieces(model)
-    for name, g in take_grads(model).items():
-        piece = pieces[name]
-        if piece is None:
-            assert torch.allclose(g, g_public[name], atol=1e-6), name
-        else:
-            want = piece.keep(g_own[name]) + (g_public[name] - piece.keep(g_public[name]))
-            assert torch.allclose(g, want, atol=1e-6), name
-            assert piece.keep(g).abs().sum() > 0, name
+    assert all(pieces[name].keep(g).abs().sum() > 0 for name, g in grads.items() if pieces[name] is not None)
 
 
 @pytest.mark.parametrize("layers", [None, [1]], ids=["every-block", "upper-block"])
@@ -158,14 +166,7 @@ def test_with_missed_only_the_sinks_learn_only_the_tokens_the_shipped_model_miss
     assert torch.allclose(out.loss, ((drop * ~routed).sum() + (own * routed).sum()) / n, atol=1e-5)
     assert model.forward.routed.routed == int(routed.sum())
     out.loss.backward()
-    pieces = sink_pieces(model)
-    for name, g in take_grads(model).items():
-        piece = pieces[name]
-        if piece is None:
-            assert torch.allclose(g, g_public[name], atol=1e-6), name
-        else:
-            assert torch.allclose(g, piece.keep(g_own[name]) + (g_public[name] - piece.keep(g_public[name])),
-                                  atol=1e-6), name
+    _assert_shared_got_public_and_sinks_got_own(model, take_grads(model), g_public, g_own)
 
 
 def test_with_missed_only_and_nothing_missed_only_the_shipped_pass_runs_and_the_sinks_learn_nothing():
