@@ -1,6 +1,7 @@
 """add_sinks / sinks_mode / remove_sinks on tiny models of every family."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -114,36 +115,48 @@ def test_deepcopy_has_its_own_routing_state():
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox"])
-@pytest.mark.parametrize("placement,prune", [("split", True), ("split", False), ("append", True)])
-def test_removed_sinks_load_without_memsinks_and_match_drop(tmp_path, family, placement, prune):
-    cfg = memsinks.SinksConfig(placement=placement, n_sink_units=16 if placement == "append" else None, p_gen=0.75)
-    model = memsinks.add_sinks(tiny_model(family), cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    model.eval()
-    x = token_batch()
-    with memsinks.sinks_mode(model, "drop"):
-        expected = model(x).logits
-    plain = memsinks.remove_sinks(model, prune=prune)
-    assert not memsinks.has_sinks(plain)
-    assert torch.allclose(plain(x).logits, expected, atol=1e-5)
-    plain.save_pretrained(tmp_path)
-    torch.save({"x": x, "expected": expected}, tmp_path / "probe.pt")
+REMOVED = [(family, placement, prune) for family in ("gpt2", "llama", "gpt_neox")
+           for placement, prune in (("split", True), ("split", False), ("append", True))]
+
+
+def test_removed_sinks_load_without_memsinks_and_match_drop(tmp_path):
+    """Each family and placement, pruned or not: the plain model equals drop mode here and, saved, in a fresh
+    interpreter where memsinks cannot be imported (one interpreter loads all of them: each start costs seconds)."""
+    saved = {}
+    for family, placement, prune in REMOVED:
+        cfg = memsinks.SinksConfig(placement=placement, n_sink_units=16 if placement == "append" else None, p_gen=0.75)
+        model = memsinks.add_sinks(tiny_model(family), cfg)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        model.eval()
+        x = token_batch()
+        with memsinks.sinks_mode(model, "drop"):
+            expected = model(x).logits
+        plain = memsinks.remove_sinks(model, prune=prune)
+        case = f"{family}-{placement}-{'pruned' if prune else 'kept'}"
+        assert not memsinks.has_sinks(plain), case
+        assert torch.allclose(plain(x).logits, expected, atol=1e-5), case
+        plain.save_pretrained(tmp_path / case)
+        torch.save({"x": x, "expected": expected}, tmp_path / case / "probe.pt")
+        saved[case] = 48 if placement == "split" and prune else 64
     code = (
-        "import sys, torch\n"
+        "import json, sys, torch\n"
         "sys.modules['memsinks'] = None  # memsinks must not be importable here\n"
         "from transformers import AutoModelForCausalLM\n"
-        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}).eval()\n"
-        f"d = torch.load({str(tmp_path / 'probe.pt')!r})\n"
-        "print(float((m(d['x']).logits - d['expected']).abs().max()))\n"
-        "print(m.config.to_dict().get('n_inner') or m.config.intermediate_size)\n"
+        "out = {}\n"
+        f"for case in {sorted(saved)!r}:\n"
+        f"    m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r} + '/' + case).eval()\n"
+        f"    d = torch.load({str(tmp_path)!r} + '/' + case + '/probe.pt')\n"
+        "    width = m.config.to_dict().get('n_inner') or m.config.intermediate_size\n"
+        "    out[case] = [float((m(d['x']).logits - d['expected']).abs().max()), width]\n"
+        "print(json.dumps(out))\n"
     )
-    out = run_python(code, env={"PYTHONPATH": ""}, cwd=str(tmp_path)).split()
-    assert float(out[0]) < 1e-5
-    width = int(out[1])
-    assert width == (48 if placement == "split" and prune else 64)
+    loaded = json.loads(run_python(code, env={"PYTHONPATH": ""}, cwd=str(tmp_path)))
+    assert sorted(loaded) == sorted(saved)
+    for case, width in saved.items():
+        assert loaded[case][0] < 1e-5, case
+        assert loaded[case][1] == width, case
 
 
 def test_remove_sinks_bakes_mean_and_exclude_modes():
