@@ -96,6 +96,7 @@ def parse_args(argv=None):
                    help="train nothing: write the report from the partial-seed<N>.json files an interrupted run left "
                         "in --out (arms and seeds as far as it got; give the same --arms / --later-seed-arms)")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the report's command line, called in-process too
     args.seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
@@ -321,7 +322,7 @@ def write_report(args, per_seed: dict, coverage, settings, description: str, gen
     report.add_gap_closed(per_seed)
     summary = report.summarise(per_seed)
     target_lines = report.targets(summary, per_seed)
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__)] + sys.argv[1:])
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__)] + args.argv)
     results = {
         "config": {"command": command, "quick": args.quick, "seeds": seeds, "threads": threads, "base": description,
                    "general_text": general_source, "arms": {a.name: a.description for a in args.arm_list},

@@ -17,6 +17,20 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from finetune_lib import arms, report  # noqa: E402
 
 
+def _main(argv: list[str]) -> None:
+    """``benchmarks/finetune_isolation.py`` in this process (a fresh interpreter costs seconds of imports), on one
+    thread; the worker's thread count is given back. The first quick run goes through the script itself."""
+    import torch
+
+    import finetune_isolation
+
+    threads = torch.get_num_threads()
+    try:
+        assert finetune_isolation.main(["--threads", "1", *argv]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_every_selection_includes_the_standard_reference_and_unknown_arms_are_named():
     assert [a.name for a in arms.select(["sinks"])] == ["standard", "sinks"]
     assert {a.name for a in arms.select(["headline"])} == set(arms.HEADLINE)
@@ -95,9 +109,7 @@ def test_quick_run_writes_every_arm_and_mode(tmp_path):
         (partial / f"partial-seed{seed}.json").write_text(json.dumps(
             {"rows": rows, "private_mask_coverage": results["private_mask_coverage"]}))
     for extra in (["--timing-only", "--arms", "sinks"], ["--report-from", "--arms", "headline"]):
-        subprocess.run([sys.executable, str(REPO / "benchmarks" / "finetune_isolation.py"), "--quick", "--threads",
-                        "1", *extra, "--later-seed-arms", "sinks", "--out", str(partial)],
-                       check=True, cwd=REPO, capture_output=True, timeout=300)
+        _main(["--quick", *extra, "--later-seed-arms", "sinks", "--out", str(partial)])
     again = json.loads((partial / "results.json").read_text())
     assert again["config"]["assembled_from_partials"] and not list(partial.glob("partial-*"))
     for name, row in results["summary"].items():
@@ -111,13 +123,12 @@ def test_quick_run_writes_every_arm_and_mode(tmp_path):
     for seed, rows in results["per_seed"].items():
         (partial / f"partial-seed{seed}.json").write_text(json.dumps(
             {"rows": rows, "private_mask_coverage": results["private_mask_coverage"], "settings": people}))
-    report_from = [sys.executable, str(REPO / "benchmarks" / "finetune_isolation.py"), "--quick", "--threads", "1",
-                   "--report-from", "--arms", "headline", "--later-seed-arms", "sinks", "--out", str(partial)]
-    refused = subprocess.run(report_from + ["--members", "copies"], cwd=REPO, capture_output=True, text=True,
-                             timeout=300)
-    assert refused.returncode != 0 and "--members copies" in refused.stderr and "'people'" in refused.stderr
+    report_from = ["--quick", "--report-from", "--arms", "headline", "--later-seed-arms", "sinks", "--out", str(partial)]
+    with pytest.raises(SystemExit) as refused:
+        _main(report_from + ["--members", "copies"])
+    assert "--members copies" in str(refused.value) and "'people'" in str(refused.value)
     assert len(list(partial.glob("partial-seed*.json"))) == 2  # nothing reported, nothing removed
-    subprocess.run(report_from, check=True, cwd=REPO, capture_output=True, timeout=300)
+    _main(report_from)
     assert json.loads((partial / "results.json").read_text())["config"]["settings"]["members"] == "people"
     assert "Members: people" in (partial / "results.md").read_text()
 
@@ -140,23 +151,23 @@ def test_the_timed_steps_are_past_the_warm_up_so_the_shared_units_learn_in_them(
     assert shared is not None and shared.abs().sum() > 0  # in the warm-up it would be zero
 
 
-def test_resume_keeps_measured_arms_and_trains_only_the_new_ones(tmp_path):
+def test_resume_keeps_measured_arms_and_trains_only_the_new_ones(tmp_path, capsys):
     out = tmp_path / "out"
-    run = [sys.executable, str(REPO / "benchmarks" / "finetune_isolation.py"), "--quick", "--threads", "1",
-           "--no-timing", "--out", str(out)]
-    subprocess.run(run + ["--arms", "standard"], check=True, cwd=REPO, capture_output=True, timeout=600)
+    run = ["--quick", "--no-timing", "--out", str(out)]
+    _main(run + ["--arms", "standard"])
     finished = json.loads((out / "results.json").read_text())
     finished["per_seed"]["0"]["standard"]["train_seconds"] = -1.0  # a kept row is taken as it is, not measured again
     (out / "results.json").write_text(json.dumps(finished))
-    log = subprocess.run(run + ["--arms", "sinks_x16", "--resume"], check=True, cwd=REPO,
-                         capture_output=True, text=True, timeout=600).stdout
+    capsys.readouterr()
+    _main(run + ["--arms", "sinks_x16", "--resume"])
+    log = capsys.readouterr().out
     assert "seed 0 standard: kept from" in log and "seed 0 sinks_x16: trained" in log
     rows = json.loads((out / "results.json").read_text())["per_seed"]["0"]
     assert rows["standard"]["train_seconds"] == -1.0
     assert "sinks_x16/drop" in rows
     # every arm already measured: nothing trains, no partial file is written, and the report is written again
-    log = subprocess.run(run + ["--arms", "sinks_x16", "--resume"], check=True, cwd=REPO,
-                         capture_output=True, text=True, timeout=600).stdout
+    _main(run + ["--arms", "sinks_x16", "--resume"])
+    log = capsys.readouterr().out
     assert ": trained" not in log and "seed 0 sinks_x16: kept from" in log
     assert json.loads((out / "results.json").read_text())["per_seed"]["0"] == rows
     assert not list(out.glob("partial-seed*.json"))
