@@ -76,3 +76,54 @@ def test_epsilon_is_never_negative_and_a_target_below_the_accountants_resolution
     with pytest.raises(ValueError, match=r"target_epsilon=0.0001 .*cannot be reached"):
         memsinks.make_private(trainer, memsinks.PrivacyConfig(target_epsilon=1e-4, delta=1 / 64,
                                                               allow_large_delta=True))
+
+
+@pytest.mark.parametrize("accountant, cls, sample_rate, steps, target", [
+    ("prv", PRVAccountant, 0.01, 1000, 1.0), ("rdp", RDPAccountant, 0.16, 7, 8.0), ("rdp", RDPAccountant, 0.5, 4, 0.5)])
+def test_calibrated_noise_spends_the_target_to_the_tolerance_as_opacus_search_does(accountant, cls, sample_rate, steps,
+                                                                                    target):
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from memsinks.privacy.accounting import EPS_TOLERANCE, calibrate_noise
+
+    sigma = calibrate_noise(target, 1e-5, sample_rate, steps, accountant)
+    acc = cls()
+    acc.history = [(sigma, sample_rate, steps)]
+    kwargs = {"eps_error": 0.01} if accountant == "prv" else {}
+    assert target - EPS_TOLERANCE <= acc.get_epsilon(delta=1e-5, **kwargs) <= target
+    theirs = get_noise_multiplier(target_epsilon=target, target_delta=1e-5, sample_rate=sample_rate, steps=steps,
+                                  accountant=accountant, epsilon_tolerance=EPS_TOLERANCE, **kwargs)
+    assert sigma <= theirs * 1.01  # no more noise than Opacus's bisection finds (where ε is flat, less)
+
+
+def test_noise_search_lands_in_the_band_in_a_handful_of_evaluations_and_never_returns_an_uncertified_noise():
+    import math
+
+    from memsinks.privacy.accounting import smallest_noise
+
+    seen = []
+
+    def smooth(sigma):  # ε falling like a power of σ; the accountant overflows below σ = 0.05 and reads 0 above 60
+        seen.append(sigma)
+        if sigma < 0.05:
+            raise OverflowError("too little noise")
+        return 0.0 if sigma > 60 else 3.0 / sigma ** 1.7
+
+    for target in (0.2, 1.0, 8.0, 40.0):
+        seen.clear()
+        sigma = smallest_noise(smooth, target, 0.01, 100.0, smooth(100.0))
+        assert target - 0.01 <= smooth(sigma) <= target, target
+        assert len(seen) <= 10, (target, len(seen))  # bisection over [0, 20] to this band takes about 17
+    in_band = (3.0 / 7.995) ** (1 / 1.7)
+    eps = smooth(in_band)
+    seen.clear()
+    assert smallest_noise(smooth, 8.0, 0.01, in_band, eps) == in_band and not seen  # nothing left to search
+
+    def cliff(sigma):  # no σ gives an ε in [7.99, 8]: the answer is the smallest certified one found
+        return 10.0 if sigma < 1.0 else 1.0
+
+    sigma = smallest_noise(cliff, 8.0, 0.01, 100.0, cliff(100.0))
+    assert cliff(sigma) <= 8.0 and sigma == pytest.approx(1.0, rel=1e-6)
+    with pytest.raises(ValueError, match="ε = 10 > 8"):
+        smallest_noise(cliff, 8.0, 0.01, 0.5, cliff(0.5))
+    assert not math.isnan(sigma)
