@@ -7,6 +7,7 @@ with Opacus's accountants from it, so it is exactly what an independent
 
 from __future__ import annotations
 
+import functools
 import math
 
 EPS_ERROR = 0.01  # PRV accountant: the reported ε is an upper bound within this of the true one
@@ -33,19 +34,27 @@ def epsilon_of(name: str, history: list[tuple[float, float, int]], delta: float)
 
     Never negative: where the privacy loss is so small that the PRV accountant's numerical
     upper bound falls below zero, (0, δ)-DP holds and 0 is reported. A NaN is an error.
+    Each distinct (accountant, history, delta) is computed once per process: a PRV evaluation
+    takes up to a second, and a run asks for the same one several times (the calibrated
+    noise's ε, then the step budget's check of the planned steps; the last step's log, the
+    budget warning and the checkpoint's ledger).
     """
-    history = [h for h in history if h[2] > 0]
+    return _epsilon(name, tuple(tuple(h) for h in history if h[2] > 0), delta)
+
+
+@functools.lru_cache(maxsize=1024)
+def _epsilon(name: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
     if not history:
         return 0.0
     if any(h[0] <= 0 for h in history):
         return math.inf
-    accountant = make_accountant(name, history)
+    accountant = make_accountant(name, list(history))
     if name == "prv":
         eps = float(accountant.get_epsilon(delta=delta, eps_error=EPS_ERROR))
     else:
         eps = float(accountant.get_epsilon(delta=delta))
     if math.isnan(eps):
-        raise ValueError(f"The {name} accountant gave no ε for history {history} at delta={delta}.")
+        raise ValueError(f"The {name} accountant gave no ε for history {list(history)} at delta={delta}.")
     return max(eps, 0.0)
 
 

@@ -127,3 +127,25 @@ def test_noise_search_lands_in_the_band_in_a_handful_of_evaluations_and_never_re
     with pytest.raises(ValueError, match="ε = 10 > 8"):
         smallest_noise(cliff, 8.0, 0.01, 0.5, cliff(0.5))
     assert not math.isnan(sigma)
+
+
+def test_each_distinct_history_is_accounted_once_and_equal_histories_in_any_form_share_it(monkeypatch):
+    from memsinks.privacy import accounting
+
+    calls = []
+    real = PRVAccountant.get_epsilon
+
+    def counted(self, *args, **kwargs):
+        calls.append(list(self.history))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(PRVAccountant, "get_epsilon", counted)
+    accounting._epsilon.cache_clear()  # what earlier tests in this process computed
+    history = [(1.3, 0.05, 17)]
+    first = accounting.epsilon_of("prv", history, 1e-5)
+    assert accounting.epsilon_of("prv", [[1.3, 0.05, 17], [2.0, 0.05, 0]], 1e-5) == first  # as a ledger file holds it
+    assert len(calls) == 1
+    assert accounting.epsilon_of("prv", history, 1e-6) > first  # another δ, another history: computed
+    assert accounting.epsilon_of("prv", [(1.3, 0.05, 18)], 1e-5) > first
+    assert len(calls) == 3 and calls[0] == calls[1] == [(1.3, 0.05, 17)] and calls[2] == [(1.3, 0.05, 18)]
+    assert first == pytest.approx(opacus_epsilon(PRVAccountant, 17, 1.3, 0.05, 1e-5), rel=1e-9)
