@@ -93,7 +93,7 @@ class Scenario1Settings(ScratchTraining, CorpusConfig):
     @classmethod
     def quick(cls) -> "Scenario1Settings":
         return cls(max_chars=60_000, vocab_size=384, n_repeated=8, repeats=16, n_heldout=32, n_canaries=2,
-                   epochs=2.0, model=DecoderShape(n_layer=1, n_embd=64, intermediate=256), exposure_samples=500,
+                   epochs=1.0, model=DecoderShape(n_layer=1, n_embd=64, intermediate=256), exposure_samples=500,
                    log_points=4, curve_points=4, curve_sequences=8)
 
 
@@ -125,9 +125,9 @@ class Scenario3Settings(ScratchTraining):
 
     @classmethod
     def quick(cls) -> "Scenario3Settings":
-        return cls(max_chars=30_000, vocab_size=384, n_general_heldout=16, n_domain=24, n_domain_heldout=16,
+        return cls(max_chars=15_000, vocab_size=384, n_general_heldout=16, n_domain=12, n_domain_heldout=16,
                    repeats=8, n_canaries=2, epochs=1.0, model=DecoderShape(n_layer=1, n_embd=64, intermediate=256),
-                   eval_repeated=16, exposure_samples=300, log_points=4, curve_points=3, curve_sequences=8)
+                   eval_repeated=None, exposure_samples=300, log_points=4, curve_points=3, curve_sequences=8)
 
 
 @dataclass
