@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_dropping_sinks_forgets_repeated_windows_but_not_the_language(shakespeare_path, tmp_path):
-    text = shakespeare_path.read_text()[:300_000]
+    text = shakespeare_path.read_text()[:150_000]
     tok = train_tokenizer([text[i:i + 2000] for i in range(0, len(text), 2000)], vocab_size=512)
     split = split_text_windows(text, tok, window=64, n_repeated=16, n_heldout=64, seed=0)
     ds = memsinks.assign_sequence_ids(Dataset.from_dict({"input_ids": split.training_rows(repeats=32)}))
