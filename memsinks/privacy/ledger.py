@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from memsinks.privacy.accounting import calibrate_noise, epsilon_of, steps_within_budget, with_steps
+from memsinks.privacy.accounting import EPS_TOLERANCE, calibrate_noise, epsilon_of, steps_within_budget, with_steps
 
 logger = logging.getLogger("memsinks")
 
@@ -136,15 +136,28 @@ class PrivacyLedger:
 
         A fixed noise multiplier is the run's; a target ε gives the σ calibrated for the steps
         the ledger's run planned (recorded in it), so a resumed run may plan a different
-        number of steps and still continue the noise its ledger was spent at.
+        number of steps and still continue the noise its ledger was spent at. A recorded σ
+        that differs from this version's calibration but meets the same target within
+        ``EPS_TOLERANCE`` (a ledger of an earlier memsinks, whose search landed elsewhere in
+        the band) is the one continued.
         """
         target = self.info.get("target_epsilon")
         if target is None:
             return float(self.info["noise_multiplier"])
         planned = state.get("planned_steps", self.info.get("planned_steps"))
         if planned == self.info.get("planned_steps"):
-            return float(self.info["noise_multiplier"])
-        return calibrate_noise(target, self.delta, self.info["sample_rate"], int(planned), self.accountant)
+            sigma = float(self.info["noise_multiplier"])
+        else:
+            sigma = calibrate_noise(target, self.delta, self.info["sample_rate"], int(planned), self.accountant)
+        recorded = state.get("noise_multiplier")
+        if (isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and recorded > 0
+                and not math.isclose(recorded, sigma, rel_tol=1e-9)):
+            # another search (an earlier memsinks used Opacus's bisection) may have calibrated the same target to a
+            # slightly different σ: continue it if it meets the target to the calibration's tolerance
+            eps = epsilon_of(self.accountant, [(float(recorded), self.info["sample_rate"], int(planned))], self.delta)
+            if target - EPS_TOLERANCE <= eps <= target:
+                return float(recorded)
+        return sigma
 
     def save(self, path: str, with_epsilon: bool = False) -> str:
         """Write the ledger to ``path`` atomically and durably (temp file, fsync, rename)."""

@@ -173,3 +173,44 @@ def test_resuming_into_another_output_dir_carries_the_ledger_along(six_steps, tm
     assert ledger["epsilon"] == pytest.approx(opacus_epsilon(RDPAccountant, 9, 1.0, BATCH / N, branch.privacy.delta),
                                               rel=1e-12)
     assert (six_steps / LEDGER_NAME).read_bytes() == before  # the first run's own ledger is not touched
+
+
+def _target_run(out, **kwargs):
+    cfg = memsinks.PrivacyConfig(target_epsilon=3.0, accountant="rdp", reproducible=True)
+    return private_trainer(out, cfg, max_steps=6, per_device_train_batch_size=BATCH, save_strategy="steps",
+                           save_steps=3, **kwargs)
+
+
+def test_a_target_epsilon_ledger_calibrated_by_another_search_resumes_at_its_own_noise(tmp_path):
+    """An earlier memsinks calibrated with Opacus's bisection: its σ meets the same target within the tolerance but is
+    not this version's. Its checkpoint resumes and keeps spending at that σ; a σ that misses the target is refused."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from memsinks.privacy.accounting import EPS_TOLERANCE
+
+    first = tmp_path / "first"
+    _target_run(first).train()
+    state = json.loads((first / "checkpoint-3" / LEDGER_NAME).read_text())
+    theirs = get_noise_multiplier(target_epsilon=3.0, target_delta=state["delta"], sample_rate=state["sample_rate"],
+                                  steps=state["planned_steps"], accountant="rdp", epsilon_tolerance=EPS_TOLERANCE)
+    assert not math.isclose(theirs, state["noise_multiplier"], rel_tol=1e-6)  # the two searches land apart
+
+    def with_sigma(sigma, name):
+        out = _copy_run(first, tmp_path / name)
+        (out / LEDGER_NAME).unlink()
+        _edit(out / "checkpoint-3" / LEDGER_NAME, lambda d: d.update(
+            noise_multiplier=sigma, history=[[sigma, h[1], h[2]] for h in d["history"]]))
+        return out
+
+    out = with_sigma(theirs, "earlier")
+    resumed = _target_run(out)
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-3"))
+    ledger = json.loads((out / LEDGER_NAME).read_text())
+    assert ledger["history"] == [[theirs, state["sample_rate"], 6]] and ledger["noise_multiplier"] == theirs
+    assert ledger["epsilon"] == pytest.approx(opacus_epsilon(RDPAccountant, 6, theirs, BATCH / N, state["delta"]),
+                                              rel=1e-12)
+    off = with_sigma(state["noise_multiplier"] * 1.05, "off")  # ε well under the target: not a calibration of it
+    before = (off / "checkpoint-3" / LEDGER_NAME).read_bytes()
+    with pytest.raises(ValueError, match="noise multiplier"):
+        _target_run(off).train(resume_from_checkpoint=str(off / "checkpoint-3"))
+    assert (off / "checkpoint-3" / LEDGER_NAME).read_bytes() == before and not (off / LEDGER_NAME).exists()
