@@ -123,7 +123,8 @@ def test_quick_run_writes_every_arm_and_mode(tmp_path):
     for seed, rows in results["per_seed"].items():
         (partial / f"partial-seed{seed}.json").write_text(json.dumps(
             {"rows": rows, "private_mask_coverage": results["private_mask_coverage"], "settings": people}))
-    report_from = ["--quick", "--report-from", "--arms", "headline", "--later-seed-arms", "sinks", "--out", str(partial)]
+    report_from = ["--quick", "--report-from", "--arms", "headline", "--later-seed-arms", "sinks",
+                   "--out", str(partial)]
     with pytest.raises(SystemExit) as refused:
         _main(report_from + ["--members", "copies"])
     assert "--members copies" in str(refused.value) and "'people'" in str(refused.value)

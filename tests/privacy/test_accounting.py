@@ -79,7 +79,8 @@ def test_epsilon_is_never_negative_and_a_target_below_the_accountants_resolution
 
 
 @pytest.mark.parametrize("accountant, cls, sample_rate, steps, target", [
-    ("prv", PRVAccountant, 0.01, 1000, 1.0), ("rdp", RDPAccountant, 0.16, 7, 8.0), ("rdp", RDPAccountant, 0.25, 200, 3.0)])
+    ("prv", PRVAccountant, 0.01, 1000, 1.0), ("rdp", RDPAccountant, 0.16, 7, 8.0),
+    ("rdp", RDPAccountant, 0.25, 200, 3.0)])
 def test_calibrated_noise_spends_the_target_to_the_tolerance_as_opacus_search_does(accountant, cls, sample_rate, steps,
                                                                                     target):
     from opacus.accountants.utils import get_noise_multiplier
