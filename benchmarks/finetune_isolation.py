@@ -268,6 +268,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     threads = args.threads or max(1, min(2, os.cpu_count() or 1))
     torch.set_num_threads(threads)
+    args.machine = machine_description(threads)  # its load average at the start, before loading and training
     os.makedirs(args.out, exist_ok=True)
     if args.report_from:
         per_seed, coverage, stored = read_partials(args.out)
@@ -300,7 +301,7 @@ def main(argv=None) -> int:
         data = datasets_.build(tokenizer, settings, general_text, seeds[0])
         ratios = step_time_ratios(args.arm_list, base, data, tokenizer, settings, timing_steps)
         timing = {"seed": seeds[0], "step_time_ratios": ratios, "timing_steps": timing_steps,
-                  "machine": machine_description(threads)}
+                  "machine": args.machine}
         write_atomically(os.path.join(args.out, TIMING_FILE), json.dumps(timing, indent=2).encode())
         print(f"step time against standard: {ratios}")
         return 0
@@ -330,7 +331,7 @@ def write_report(args, per_seed: dict, coverage, settings, description: str, gen
                    "sinks_config": {a.name: a.sinks for a in args.arm_list if a.has_sinks},
                    "settings": to_dict(settings), **extra_config,
                    "std": "sample std over seeds (ddof=1); 0.0 with one seed"},
-        "machine": machine_description(threads),
+        "machine": args.machine,
         "summary": summary,
         "targets": target_lines,
         "private_mask_coverage": coverage,
