@@ -93,7 +93,7 @@ class Scenario1Settings(ScratchTraining, CorpusConfig):
     @classmethod
     def quick(cls) -> "Scenario1Settings":
         return cls(max_chars=60_000, vocab_size=384, n_repeated=8, repeats=16, n_heldout=32, n_canaries=2,
-                   epochs=1.0, model=DecoderShape(n_layer=1, n_embd=64, intermediate=256), exposure_samples=500,
+                   epochs=1.0, model=DecoderShape(n_layer=1, n_embd=64, intermediate=256), exposure_samples=100,
                    log_points=4, curve_points=4, curve_sequences=8)
 
 
@@ -127,7 +127,7 @@ class Scenario3Settings(ScratchTraining):
     def quick(cls) -> "Scenario3Settings":
         return cls(max_chars=15_000, vocab_size=384, n_general_heldout=16, n_domain=12, n_domain_heldout=16,
                    repeats=8, n_canaries=2, epochs=1.0, model=DecoderShape(n_layer=1, n_embd=64, intermediate=256),
-                   eval_repeated=None, exposure_samples=300, log_points=4, curve_points=3, curve_sequences=8)
+                   eval_repeated=None, exposure_samples=100, log_points=4, curve_points=3, curve_sequences=8)
 
 
 @dataclass
@@ -179,7 +179,7 @@ class Scenario2Settings:
                    n_background=48, repeat_groups=(1, 8), per_group=4, n_heldout=16, epochs=2.0,
                    lora_ranks=(4,),
                    sinks={"placement": "append", "n_sink_units": 128, "p_mem": 0.3, "sink_lr_scale": 4},
-                   exposure_samples=300, exposure_records=2, log_points=4, curve_points=3, curve_sequences=4)
+                   exposure_samples=100, exposure_records=2, log_points=4, curve_points=3, curve_sequences=4)
 
     @classmethod
     def pretrained(cls, base_model: str) -> "Scenario2Settings":
