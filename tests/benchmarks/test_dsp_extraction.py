@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
-from tests.conftest import REPO, run_python
+from tests.conftest import REPO
 
 
 @pytest.mark.slow
-def test_dsp_benchmark_quick_writes_results(tmp_path):
-    run_python(f"import sys; sys.argv = ['dsp_extraction', '--quick', '--threads', '1', '--out', {str(tmp_path)!r}]; "
-               "import runpy; runpy.run_path('benchmarks/dsp_extraction.py', run_name='__main__')", cwd=str(REPO))
+def test_dsp_benchmark_quick_writes_results(tmp_path, monkeypatch):
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import dsp_extraction
+
+    monkeypatch.chdir(REPO)
+    threads = torch.get_num_threads()
+    try:  # in this process: a fresh interpreter would spend seconds importing torch and transformers again
+        dsp_extraction.main(["--quick", "--threads", "1", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["quick"] and result["data"]["disjoint"]
     assert set(result["models"]) == {"standard", "memsinks_drop", "memsinks_own"}
