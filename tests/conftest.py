@@ -53,6 +53,23 @@ def run_python(code: str, env: dict | None = None, cwd: str | None = None) -> st
     return proc.stdout
 
 
+def run_benchmark(name: str, argv: list[str]):
+    """``benchmarks/<name>.py``'s ``main(argv)`` in this process, on one thread, from the repository root (a fresh
+    interpreter would spend seconds importing torch and transformers again); the caller's thread count is given back."""
+    import importlib
+
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    module = importlib.import_module(name)
+    threads, cwd = torch.get_num_threads(), os.getcwd()
+    os.chdir(REPO)
+    try:
+        return module.main(["--threads", "1", *argv])
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+
+
 def token_batch(vocab: int = 128, shape: tuple[int, int] = (3, 12), seed: int = 0) -> torch.Tensor:
     """Random token IDs in [1, vocab), int64 ``shape``, the same for the same seed."""
     return torch.randint(1, vocab, shape, generator=torch.Generator().manual_seed(seed))

@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import run_benchmark
 
 
 @pytest.mark.slow
-def test_capacity_quick_writes_results_table_and_plot(tmp_path, monkeypatch):
-    import torch
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import capacity
-
-    monkeypatch.chdir(REPO)
-    threads = torch.get_num_threads()
-    try:  # in this process: a fresh interpreter would spend seconds importing torch and transformers again
-        capacity.main(["--quick", "--threads", "1", "--out", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)
+def test_capacity_quick_writes_results_table_and_plot(tmp_path):
+    run_benchmark("capacity", ["--quick", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["bits_per_param"] > 0
     assert result["dtype"] == "float32" and result["settings"]["quick"]

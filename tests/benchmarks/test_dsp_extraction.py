@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import run_benchmark
 
 
 @pytest.mark.slow
-def test_dsp_benchmark_quick_writes_results(tmp_path, monkeypatch):
-    import torch
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import dsp_extraction
-
-    monkeypatch.chdir(REPO)
-    threads = torch.get_num_threads()
-    try:  # in this process: a fresh interpreter would spend seconds importing torch and transformers again
-        dsp_extraction.main(["--quick", "--threads", "1", "--out", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)
+def test_dsp_benchmark_quick_writes_results(tmp_path):
+    run_benchmark("dsp_extraction", ["--quick", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["quick"] and result["data"]["disjoint"]
     assert set(result["models"]) == {"standard", "memsinks_drop", "memsinks_own"}

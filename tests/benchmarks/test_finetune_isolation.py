@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_benchmark
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -18,17 +18,8 @@ from finetune_lib import arms, report  # noqa: E402
 
 
 def _main(argv: list[str]) -> None:
-    """``benchmarks/finetune_isolation.py`` in this process (a fresh interpreter costs seconds of imports), on one
-    thread; the worker's thread count is given back. The first quick run goes through the script itself."""
-    import torch
-
-    import finetune_isolation
-
-    threads = torch.get_num_threads()
-    try:
-        assert finetune_isolation.main(["--threads", "1", *argv]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    """``benchmarks/finetune_isolation.py`` in this process; the first quick run goes through the script itself."""
+    assert run_benchmark("finetune_isolation", argv) == 0
 
 
 def test_every_selection_includes_the_standard_reference_and_unknown_arms_are_named():
