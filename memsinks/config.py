@@ -26,11 +26,18 @@ PRIVATE_TOKEN_TARGETS = ("none", "batch_marginal")
 #: What a placement does when a training-dynamics field is left unset (None): the settings measured best
 #: (benchmarks/finetune_isolation.py for append; the paper's setup for split).
 PLACEMENT_DEFAULTS = {
-    "append": {"sink_lr_scale": 32.0, "sink_init": "mirror", "centered_masks": True, "sink_warmup_steps": 8},
-    "split": {"sink_lr_scale": 1.0, "sink_init": None, "centered_masks": False, "sink_warmup_steps": 0},
+    "append": {"sink_lr_scale": 32.0, "sink_init": "mirror", "centered_masks": True, "sink_warmup_steps": 8,
+               "memorized_threshold": 1.0},
+    "split": {"sink_lr_scale": 1.0, "sink_init": None, "centered_masks": False, "sink_warmup_steps": 0,
+              "memorized_threshold": 0.0},
 }
+#: Share of the blocks, counted from the top, that get sinks when ``layers="auto"`` and memorized tokens are
+#: routed: the sinks' pass then computes only those blocks and the head (``memsinks.shared_prefix``). The last
+#: third (10 of SmolLM2-135M's 30 blocks) kept the gap closed; the last sixth did not (docs/finetuning.md).
+AUTO_LAYERS_SHARE = 1 / 3
 #: What a sinks_config.json written before these fields existed meant (the behaviour of that version).
-LEGACY_VALUES = {"sink_lr_scale": 1.0, "sink_init": "zero", "centered_masks": False, "sink_warmup_steps": 0}
+LEGACY_VALUES = {"sink_lr_scale": 1.0, "sink_init": "zero", "centered_masks": False, "sink_warmup_steps": 0,
+                 "memorized_threshold": 0.0, "memorized_missed_only": False, "layers": None}
 # the fields that decide which units are sinks and which IDs switch them on (checked against the weights at load)
 ROUTING_FIELDS = ("placement", "p_gen", "p_mem", "n_sink_units", "layers", "routing_seed", "hash_scheme",
                   "base_intermediate_size", "sink_init", "sink_lr_scale", "centered_masks")
@@ -58,11 +65,14 @@ class SinksConfig(SavedConfig):
         "function is unchanged (fine-tuning a pretrained model).")})
     n_sink_units: int | None = field(default=None, metadata={"help": (
         "Size of the appended pool per MLP ('append' only).")})
-    layers: list[int] | None = field(default=None, metadata={"help": (
+    layers: list[int] | str | None = field(default="auto", metadata={"help": (
         "Indices of the transformer blocks that get sinks (negative indices count from the end); None means "
-        "every block. With memorized_threshold or a private_mask, the blocks below the lowest sink block run "
-        "once per training forward and the sinks' pass computes only the blocks above and the head "
-        "(memsinks.shared_prefix), so sinks in the upper blocks alone (e.g. the last third) cost less.")})
+        "every block. 'auto' (the default): with placement='append' and memorized tokens routed "
+        "(memorized_threshold above 0, the append default), the last third of the blocks, rounded up; "
+        "otherwise every block (add_sinks writes the blocks it chose into the model's copy of the config). "
+        "With memorized_threshold or a private_mask, the blocks below the lowest sink block run once per "
+        "training forward and the sinks' pass computes only the blocks above and the head "
+        "(memsinks.shared_prefix), so sinks in the upper blocks alone cost less.")})
     routing_seed: int = field(default=0, metadata={"help": (
         "Seed of the ID-to-sink hash. Two models with the same seed route every ID to the same units.")})
     eval_mode: str = field(default="drop", metadata={"help": (
@@ -127,14 +137,17 @@ class SinksConfig(SavedConfig):
         "every token; with the sinks dropped, training the rest on every token but those whose loss with "
         "their own sinks on is below this many nats while their loss with the sinks dropped is above it. A "
         "span a sequence's sinks have memorized and the shipped model has not then stops reaching the shipped "
-        "model, as a marked private span does. None (the default): off. Costs what private_mask costs: a "
-        "second forward per step and a backward that stops at the sinks.")})
+        "model, as a marked private span does. 0: off. Unset: 1.0 for 'append' (what "
+        "benchmarks/finetune_isolation.py measured best without labels), off for 'split'. Costs what "
+        "private_mask costs: a second forward per step and a backward that stops at the sinks. DP-SGD refuses "
+        "it (its second backward is outside per-example clipping): set 0 to train with make_private.")})
     memorized_specific: bool = field(default=False, metadata={"help": (
         "With memorized_threshold: route a token only if the sinks of a sequence never trained on do not "
         "predict it either (their loss is above the threshold too), so that what the whole pool has learned "
         "from many sequences (a domain's common language) keeps training the shipped model and only what is "
         "specific to the sequence goes to its sinks. Costs a third forward per step, without gradient.")})
-    memorized_missed_only: bool = field(default=False, metadata={"help": (
+    memorized_missed_only: bool | None = field(default=None, metadata={"help": (
+        "Unset: on when memorized_threshold routes tokens under placement='append', else off. "
         "With memorized_threshold: the pass with the sinks on trains the sinks only on the tokens the shipped "
         "model misses (loss above the threshold with the sinks dropped) and the marked ones, the only tokens "
         "that can be routed, and computes the output layer at those positions alone. The sinks then spend "
@@ -165,10 +178,16 @@ class SinksConfig(SavedConfig):
                 )
             if self.p_gen >= 1.0:
                 raise ValueError("placement='split' with p_gen=1.0 leaves no sink pool; use p_gen < 1.")
-        if self.layers is not None:
+        if self.layers == "auto":
+            pass
+        elif isinstance(self.layers, str):
+            raise ValueError(f"SinksConfig.layers must be a non-empty list of ints, None (every block) or 'auto'; got "
+                             f"{self.layers!r}.")
+        elif self.layers is not None:
             layers = list(self.layers)
             if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
-                raise ValueError(f"SinksConfig.layers must be a non-empty list of ints or None; got {self.layers!r}.")
+                raise ValueError(f"SinksConfig.layers must be a non-empty list of ints, None (every block) or 'auto'; "
+                                 f"got {self.layers!r}.")
             if len(set(layers)) != len(layers):
                 raise ValueError(f"SinksConfig.layers has duplicates: {self.layers!r}.")
             self.layers = layers
@@ -226,27 +245,45 @@ class SinksConfig(SavedConfig):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"SinksConfig.sink_warmup_steps must be an int >= 0; got {steps!r}.")
         threshold = self.memorized_threshold
-        if threshold is not None:
-            number = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
-            if not number or not 0.0 < threshold < float("inf"):
-                raise ValueError(f"SinksConfig.memorized_threshold must be a number of nats > 0, or None for off; got "
-                                 f"{threshold!r}.")
-            self.memorized_threshold = float(threshold)
+        number = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+        if not number or not 0.0 <= threshold < float("inf"):
+            raise ValueError(f"SinksConfig.memorized_threshold must be a number of nats >= 0 (0: off), or unset for "
+                             f"the placement's default; got {threshold!r}.")
+        self.memorized_threshold = float(threshold)
         if not isinstance(self.memorized_specific, bool):
             raise ValueError(f"SinksConfig.memorized_specific must be True or False; got {self.memorized_specific!r}.")
-        if self.memorized_specific and threshold is None:
+        if self.memorized_specific and not self.routes_memorized:
             raise ValueError("SinksConfig.memorized_specific narrows the tokens memorized_threshold routes, and "
-                             "memorized_threshold is None; set a threshold (e.g. 1.0) or memorized_specific=False.")
+                             "memorized_threshold is 0 (off); set a threshold (e.g. 1.0) or memorized_specific=False.")
+        if self.memorized_missed_only is None:
+            self.memorized_missed_only = self.placement == "append" and self.routes_memorized
         if not isinstance(self.memorized_missed_only, bool):
             raise ValueError(f"SinksConfig.memorized_missed_only must be True or False; got "
                              f"{self.memorized_missed_only!r}.")
-        if self.memorized_missed_only and threshold is None:
+        if self.memorized_missed_only and not self.routes_memorized:
             raise ValueError("SinksConfig.memorized_missed_only narrows what the sinks learn when memorized_threshold "
-                             "routes tokens, and memorized_threshold is None; set a threshold (e.g. 1.0) or "
+                             "routes tokens, and memorized_threshold is 0 (off); set a threshold (e.g. 1.0) or "
                              "memorized_missed_only=False.")
         if self.private_token_target not in PRIVATE_TOKEN_TARGETS:
             raise ValueError(f"SinksConfig.private_token_target must be one of {PRIVATE_TOKEN_TARGETS}; got "
                              f"{self.private_token_target!r}.")
+        if self.private_token_target != "none" and self.routes_memorized:
+            raise ValueError(f"SinksConfig.private_token_target={self.private_token_target!r} shapes the marked "
+                             "tokens' one-pass step, and memorized_threshold routes tokens (the append default), whose "
+                             "step has no such target. Set memorized_threshold=0 to use it.")
+
+    @property
+    def routes_memorized(self) -> bool:
+        """Whether training routes the tokens the sinks memorized to the sinks alone (``memorized_threshold`` > 0)."""
+        return self.memorized_threshold > 0
+
+    def auto_layers(self, n_blocks: int) -> list[int] | None:
+        """The blocks ``layers="auto"`` means in a model of ``n_blocks``: the top ``AUTO_LAYERS_SHARE`` of them
+        (rounded up) with append sinks and routing, else None (every block)."""
+        if self.placement != "append" or not self.routes_memorized:
+            return None
+        count = max(1, math.ceil(n_blocks * AUTO_LAYERS_SHARE - 1e-9))
+        return list(range(n_blocks - count, n_blocks))
 
     @property
     def paired_units(self) -> bool:
@@ -259,7 +296,10 @@ class SinksConfig(SavedConfig):
         legacy = dict(LEGACY_VALUES)
         if data.get("placement", "split") == "split":
             legacy["sink_init"] = None
-        return super().from_dict({**{k: v for k, v in legacy.items() if k not in data}, **data})
+        data = {**{k: v for k, v in legacy.items() if k not in data}, **data}
+        if data.get("memorized_threshold", 0.0) is None:  # off, in the versions whose default was None for off;
+            data["memorized_threshold"] = 0.0              # since then a saved config always holds a number
+        return super().from_dict(data)
 
     def pool_size(self, intermediate_size: int) -> int:
         """Number of sink units in an MLP whose original width is ``intermediate_size``."""

@@ -90,7 +90,7 @@ class ForwardWithSequenceIds:
         training = model.training and torch.is_grad_enabled()
         if training:
             self.lr_check.arm()
-        threshold = router.config.memorized_threshold
+        threshold = router.config.memorized_threshold if router.config.routes_memorized else None
         if training and self.warmup is not None:
             if private_mask is None or threshold is not None:
                 self.warmup.on_training_forward()

@@ -132,7 +132,7 @@ def forward_with_memorized_tokens(
         raise ValueError(
             "SinksConfig.memorized_threshold routes memorized tokens' loss to the sinks, so the model must compute the "
             "loss itself, and the forward got no labels. Do not pop the labels (Trainer label smoothing and "
-            "compute_loss_func do), or set memorized_threshold=None.")
+            "compute_loss_func do), or set memorized_threshold=0.")
     if "shift_labels" in kwargs:
         raise ValueError("memorized_threshold with shift_labels is not supported; give labels aligned with input_ids.")
     if kwargs.get("return_dict") is False:  # both passes need the output's fields; the caller gets its tuple back
@@ -144,7 +144,7 @@ def forward_with_memorized_tokens(
         raise ValueError(
             "SinksConfig.memorized_threshold is set but none of the model's sink parameters is trainable, so nothing "
             "could take the memorized tokens. Make the sinks trainable (with peft, call memsinks.add_sinks after "
-            "get_peft_model), or set memorized_threshold=None.")
+            "get_peft_model), or set memorized_threshold=0.")
     params = [s.param for s in slices]
     given = kwargs.get("num_items_in_batch")
     bare = {**kwargs, "labels": None}

@@ -93,6 +93,8 @@ def add_sinks(model: nn.Module, config: SinksConfig | None = None) -> nn.Module:
     if config.model_type is not None and config.model_type != hf_config.model_type:
         raise ValueError(f"This SinksConfig was made for model_type {config.model_type!r}, not {hf_config.model_type!r}.")
     blocks = find_blocks(inner, layout)
+    if config.layers == "auto":
+        config.layers = config.auto_layers(len(blocks))
     layers = _resolve_layers(config, len(blocks))
     base_width = get_width(hf_config, layout)
     if config.base_intermediate_size is not None and config.base_intermediate_size != base_width:

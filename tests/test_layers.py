@@ -15,7 +15,8 @@ from tests.conftest import tiny_model, token_batch
 
 
 def _model_with_sinks(family, placement):
-    cfg = memsinks.SinksConfig(placement=placement, n_sink_units=16 if placement == "append" else None, p_gen=0.75)
+    cfg = memsinks.SinksConfig(placement=placement, n_sink_units=16 if placement == "append" else None, p_gen=0.75,
+                               memorized_threshold=0)  # every block, one pass: the layer mechanics
     model = memsinks.add_sinks(tiny_model(family), cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -96,7 +97,7 @@ def test_state_dict_is_the_stock_layout_and_loads_back(placement):
     assert state["transformer.h.0.mlp.c_fc.weight"].shape == (32, width)
     assert state["transformer.h.0.mlp.c_proj.weight"].shape == (width, 32)
     fresh = memsinks.add_sinks(tiny_model("gpt2", seed=5), memsinks.SinksConfig(
-        placement=placement, n_sink_units=16 if placement == "append" else None, p_gen=0.75))
+        placement=placement, n_sink_units=16 if placement == "append" else None, p_gen=0.75, memorized_threshold=0))
     fresh.load_state_dict(state)
     for (name, a), (_, b) in zip(model.named_parameters(), fresh.named_parameters()):
         assert torch.equal(a, b), name
@@ -138,7 +139,8 @@ def test_with_the_pools_dropped_the_up_projections_leave_them_out_and_the_logits
 
 
 def _append(family, **overrides):
-    cfg = memsinks.SinksConfig(placement="append", n_sink_units=16, sink_warmup_steps=0, **overrides)
+    cfg = memsinks.SinksConfig(placement="append", n_sink_units=16, sink_warmup_steps=0,
+                               **{"memorized_threshold": 0, **overrides})
     return memsinks.add_sinks(tiny_model(family), cfg)
 
 

@@ -28,7 +28,8 @@ def _base():
 
 def _model(placement: str = "append", threshold: float = 1.0, **config):
     cfg = memsinks.SinksConfig(placement=placement, n_sink_units=16 if placement == "append" else None,
-                               sink_warmup_steps=0, memorized_threshold=threshold, **config)
+                               sink_warmup_steps=0, memorized_threshold=threshold,
+                               **{"memorized_missed_only": False, "layers": None, **config})
     return memsinks.add_sinks(_base(), cfg).train()
 
 
@@ -295,20 +296,22 @@ def test_with_num_items_in_batch_the_loss_is_divided_by_it_and_outside_training_
 def test_memorized_specific_is_a_bool_and_needs_a_threshold():
     with pytest.raises(ValueError, match="memorized_specific must be True or False"):
         memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_threshold=1.0, memorized_specific=1)
-    with pytest.raises(ValueError, match="memorized_threshold is None; set a threshold"):
-        memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_specific=True)
+    with pytest.raises(ValueError, match=r"memorized_threshold is 0 \(off\); set a threshold"):
+        memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_threshold=0, memorized_specific=True)
+    with pytest.raises(ValueError, match=r"memorized_threshold is 0 \(off\); set a threshold"):
+        memsinks.SinksConfig(memorized_specific=True)  # split: off unless set
 
 
 def test_memorized_missed_only_is_a_bool_and_needs_a_threshold():
     with pytest.raises(ValueError, match="memorized_missed_only must be True or False"):
         memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_threshold=1.0, memorized_missed_only="yes")
-    with pytest.raises(ValueError, match="memorized_threshold is None; set a threshold"):
-        memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_missed_only=True)
+    with pytest.raises(ValueError, match=r"memorized_threshold is 0 \(off\); set a threshold"):
+        memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_threshold=0, memorized_missed_only=True)
 
 
-@pytest.mark.parametrize("threshold", [0, -1.0, True, "1", float("inf")])
+@pytest.mark.parametrize("threshold", [-1.0, True, "1", float("inf"), float("nan")])
 def test_a_bad_threshold_is_refused(threshold):
-    with pytest.raises(ValueError, match="memorized_threshold must be a number of nats > 0"):
+    with pytest.raises(ValueError, match=r"memorized_threshold must be a number of nats >= 0 \(0: off\)"):
         memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_threshold=threshold)
 
 
@@ -321,3 +324,29 @@ def test_without_labels_or_with_frozen_sinks_training_is_refused_with_the_reason
         s.param.requires_grad_(False)
     with pytest.raises(ValueError, match="none of the model's sink parameters is trainable"):
         model(x, labels=x, sequence_ids=ids)
+
+
+def test_the_append_defaults_route_in_the_upper_third_exact_at_step_zero_with_sink_gradient_at_step_one():
+    """``SinksConfig(placement="append", n_sink_units=N)`` alone: sinks in the top third of the blocks, the base's
+    logits at step 0, and a first training step that gives the sinks gradient and the blocks below them too."""
+    shape = DecoderShape(family="llama", n_layer=6, n_embd=32, n_head=2, intermediate=64, n_kv_heads=1, dropout=0.0)
+    base = build_decoder(shape, 128, seed=0, token_id=0)
+    model = memsinks.add_sinks(copy.deepcopy(base), memsinks.SinksConfig(placement="append", n_sink_units=16))
+    config = memsinks.get_sinks_config(model)
+    assert (config.layers, config.memorized_threshold, config.memorized_missed_only) == ([4, 5], 1.0, True)
+    x, ids = token_batch(shape=(2, 12), seed=0), torch.tensor([5, 6])
+    with torch.no_grad(), memsinks.sinks_mode(model, "own"):
+        assert torch.equal(model.eval()(x, sequence_ids=ids).logits, base.eval()(x).logits)
+    model.train()(x, labels=x, sequence_ids=ids).loss.backward()
+    pieces = sink_pieces(model)
+    sinks = [p.grad for name, p in model.named_parameters() if pieces[name] is not None]
+    assert sinks and all(g is not None for g in sinks) and any(pieces[n].keep(p.grad).abs().sum() > 0
+                                                                for n, p in model.named_parameters()
+                                                                if pieces[n] is not None)
+    below = model.model.layers[0].mlp.down_proj.weight
+    assert not below.grad.any()  # the default 8-step warm-up: only the sinks learn at first
+    for _ in range(config.sink_warmup_steps):
+        model.zero_grad()
+        model(x, labels=x, sequence_ids=ids).loss.backward()
+    assert below.grad.abs().sum() > 0  # then the shipped pass trains the blocks below the sinks
+    assert model.forward.routed.labelled > 0  # through the routed step

@@ -1,5 +1,6 @@
 """LoRA adapters on attention and sinks in the MLP, trained together (sinks attached to the peft model)."""
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer
@@ -29,12 +30,18 @@ def test_lora_and_sinks_both_get_gradients_and_base_stays_frozen():
 
 
 def test_sinks_attached_before_peft_are_frozen_and_say_so(caplog):
-    model = memsinks.add_sinks(tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16))
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"]))
     x = torch.randint(1, 128, (2, 12))
+    unrouted = memsinks.SinksConfig(placement="append", n_sink_units=16, memorized_threshold=0)
+    peft_model = get_peft_model(memsinks.add_sinks(tiny_model("llama"), unrouted),
+                                LoraConfig(r=4, target_modules=["q_proj"]))
     with caplog.at_level("WARNING", logger="memsinks"):
         peft_model.train()(input_ids=x, labels=x, sequence_ids=torch.tensor([3, 4]))
     assert "frozen" in caplog.text
+    # the append default routes memorized tokens to the sinks, which frozen sinks cannot take: refused, with the fix
+    model = memsinks.add_sinks(tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16))
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="call memsinks.add_sinks after get_peft_model"):
+        peft_model.train()(input_ids=x, labels=x, sequence_ids=torch.tensor([3, 4]))
 
 
 def test_trainer_with_lora_and_sinks_trains_and_resumes(tmp_path):

@@ -55,7 +55,10 @@ def test_append_on_pretrained_llama_keeps_logits_generations_and_fine_tunes(smol
                              report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=1,
                              lr_scheduler_type="constant")
     model.train()
-    sink_w = model.model.layers[0].mlp.down_proj.sink_weight
+    # the defaults: sinks in the upper third of SmolLM2's 30 blocks, memorized tokens routed to them
+    assert memsinks.get_sinks_config(model).layers == list(range(20, 30))
+    assert not hasattr(model.model.layers[19].mlp.down_proj, "sink_weight")
+    sink_w = model.model.layers[-1].mlp.down_proj.sink_weight
     sink_before = sink_w.detach().clone()
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=memsinks.SinksDataCollator(tok))
     trainer.train()

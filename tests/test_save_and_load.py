@@ -55,7 +55,8 @@ def test_from_pretrained_refuses_plain_checkpoint(tmp_path):
 
 
 def test_append_checkpoint_states_enlarged_width_and_loads_in_stock_transformers(tmp_path):
-    model = memsinks.add_sinks(tiny_model("gpt2"), memsinks.SinksConfig(placement="append", n_sink_units=16))
+    model = memsinks.add_sinks(tiny_model("gpt2"), memsinks.SinksConfig(placement="append", n_sink_units=16,
+                                                                         memorized_threshold=0))
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["n_inner"] == 64 + 16
     from transformers import AutoModelForCausalLM
@@ -86,7 +87,8 @@ def test_checkpoint_weight_files_single_sharded_pickle_and_none(tmp_path):
 
 
 def test_sharded_checkpoint_with_sinks_round_trips(tmp_path):
-    model = memsinks.add_sinks(tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16))
+    model = memsinks.add_sinks(tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16,
+                                                                          memorized_threshold=0))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -120,4 +122,5 @@ def test_the_routing_record_is_saved_beside_the_weights_and_never_shipped(tmp_pa
     peft_model.save_pretrained(tmp_path / "adapter")
     with safe_open(str(tmp_path / "adapter" / "sinks.safetensors"), "pt") as f:
         saved = json.loads(f.metadata()["memsinks_routing"])
-    assert saved["fields"]["routing_seed"] == 2 and saved["pool_sizes"] == {"0": 8, "1": 8}
+    assert saved["fields"]["routing_seed"] == 2 and saved["pool_sizes"] == {"1": 8}  # "auto": the upper third
+    assert saved["fields"]["layers"] == [1]

@@ -15,7 +15,7 @@ from tests.conftest import tiny_model, token_batch
 
 def _model(placement: str, steps: int, **config):
     cfg = memsinks.SinksConfig(placement=placement, n_sink_units=16 if placement == "append" else None,
-                               sink_warmup_steps=steps, **config)
+                               sink_warmup_steps=steps, **{"memorized_threshold": 0, **config})
     return memsinks.add_sinks(tiny_model("llama"), cfg).train()
 
 

@@ -59,7 +59,10 @@ class Arm:
 
 
 def _sinks(**overrides) -> dict:
-    return {"placement": "append", "n_sink_units": 256, **overrides}
+    """Append sinks as the lever arms were measured: every block, no routing (memorized_threshold 0), unless
+    overridden. Pinned, since the defaults of SinksConfig changed after these arms were run."""
+    return {"placement": "append", "n_sink_units": 256, "memorized_threshold": 0.0, "layers": None,
+            "memorized_missed_only": False, **overrides}
 
 
 #: the behaviour of append sinks before the levers existed: zero down columns, 0/1 routing, no scale, no warm-up
@@ -70,9 +73,13 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("standard", "full fine-tuning", tags=("headline",)),
     Arm("lora", "LoRA rank 8 on the attention projections (q, k, v, o)", lora=True, tags=("headline",)),
     Arm("dp", "DP-SGD through memsinks.make_private, epsilon 8, one unit per record", dp=True, tags=("headline",)),
-    Arm("sinks", "append sinks, SinksConfig defaults (mirror init, 32x sink learning rate, centered masks, "
-        "8-step sinks-first warm-up)", sinks=_sinks(), tags=("headline",)),
-    Arm("sinks_private", "append sinks, defaults, private_mask from mark_private_spans' default patterns",
+    Arm("sinks_defaults", "append sinks, SinksConfig(placement='append', n_sink_units=256) and nothing else: the "
+        "levers of 'sinks', memorized tokens routed (threshold 1 nat, the sinks learning only what the shipped "
+        "model misses) and sinks in the last third of the blocks; on SmolLM2-135M the same model as "
+        "sinks_memorized_top10_missed", sinks={"placement": "append", "n_sink_units": 256}, tags=("headline",)),
+    Arm("sinks", "append sinks without routing, in every block (the defaults before routing was): mirror init, "
+        "32x sink learning rate, centered masks, 8-step sinks-first warm-up", sinks=_sinks(), tags=("headline",)),
+    Arm("sinks_private", "append sinks as in 'sinks', private_mask from mark_private_spans' default patterns",
         sinks=_sinks(), private_mask=True, tags=("headline",)),
     Arm("masked_private", "full fine-tuning with the tokens mark_private_spans marks given no loss (label -100), "
         "no sinks", private_mask=True, mask_private_labels=True, tags=("headline",)),
@@ -82,7 +89,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         "(more epochs), no sinks", dedup=True, dedup_same_steps=True, tags=("lever",)),
     Arm("goldfish", "full fine-tuning with the goldfish loss (k=4, h=13; Hans et al. 2024), no sinks",
         goldfish=True, tags=("headline",)),
-    Arm("sinks_private_marginal", "append sinks, defaults, private_mask, and the shipped model trained toward the "
+    Arm("sinks_private_marginal", "append sinks as in 'sinks', private_mask, and the shipped model trained toward the "
         "batch's pooled private tokens at private positions (private_token_target='batch_marginal')",
         sinks=_sinks(private_token_target="batch_marginal"), private_mask=True, tags=("lever",)),
     Arm("sinks_private_x1", "append sinks with private_mask, sink learning rate 1x, no warm-up",
@@ -119,7 +126,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("sinks_warm4_decay20", "defaults with a 4-step warm-up (task kept, on 3 seeds) and the shared parameters "
         "decayed toward the pretrained ones at rate 20 x lr (general text kept, on 3 seeds at rate 50)",
         sinks=_sinks(sink_warmup_steps=4), decay_to_base=20.0, tags=("lever",)),
-    Arm("sinks_memorized", "append sinks, defaults, and memorized_threshold=1.0: each batch runs twice, the sinks "
+    Arm("sinks_memorized", "append sinks as in 'sinks', and memorized_threshold=1.0: each batch runs twice, the sinks "
         "learn every token, and a token whose loss is below 1 nat with its sequence's own sinks on and above it "
         "with them dropped trains the sinks alone (memsinks.memorized_tokens; no labels)",
         sinks=_sinks(memorized_threshold=1.0), tags=("lever",)),
@@ -134,9 +141,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("sinks_memorized_top5_missed", "sinks_memorized_top10_missed with sinks in the last 5 of the 30 blocks only",
         sinks=_sinks(memorized_threshold=1.0, layers=list(range(-5, 0)), memorized_missed_only=True),
         tags=("lever",)),
-    Arm("dedup_sinks", "append sinks, defaults, trained on the exactly deduplicated rows for the same epochs (each "
+    Arm("dedup_sinks", "append sinks as in 'sinks', trained on the exactly deduplicated rows for the same epochs (each "
         "distinct record once per epoch)", sinks=_sinks(), dedup=True, tags=("lever",)),
-    Arm("sinks_record_ids", "append sinks, defaults, with each row's sequence ID from its own text (content IDs) "
+    Arm("sinks_record_ids", "append sinks as in 'sinks', with each row's sequence ID from its own text (content IDs) "
         "rather than from the person it is about: a person's records then switch on different sinks",
         sinks=_sinks(), per_record_ids=True, tags=("lever",)),
     Arm("lora_sinks", "LoRA rank 8 on attention as the only shared trainable path, full-width sinks (defaults)",

@@ -94,9 +94,9 @@ def targets(summary: dict, per_seed: dict | None = None) -> list[str]:
                          f"({'no worse: met' if row['general_loss'] <= std['general_loss'] else 'worse: missed'})")
         lines.append(f"{label}: " + "; ".join(parts))
 
-    check("sinks/drop", 0.90, 0.10, "defaults, no labels", 1.3)
+    check("sinks_defaults/drop", 0.90, 0.10, "defaults, no labels", 1.3)
     check("sinks_private/drop", 0.95, 0.0, "with private_mask", 2.0)
-    placebo, drop = summary.get("sinks/placebo"), summary.get("sinks/drop")
+    placebo, drop = summary.get("sinks_defaults/placebo"), summary.get("sinks_defaults/drop")
     if placebo and drop:
         ok = placebo["secret_loss"] >= drop["secret_loss"]
         lines.append(f"placebo: secrets' loss in another record's sinks {placebo['secret_loss']:.3f} vs dropped "

@@ -18,7 +18,7 @@ from memsinks.warmup import PROGRESS_BUFFER
 
 from .train import _apply
 
-TIMED_ARMS = ("standard", "sinks", "sinks_private", "sinks_private_marginal", "sinks_memorized",
+TIMED_ARMS = ("standard", "sinks_defaults", "sinks", "sinks_private", "sinks_private_marginal", "sinks_memorized",
               "sinks_memorized_top10", "sinks_memorized_top10_missed", "sinks_memorized_top5_missed")
 
 

@@ -40,13 +40,13 @@ def check_model(model: nn.Module) -> None:
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("The model has no trainable parameters; nothing to train privately.")
     inner = unwrap_model(model)
-    threshold = get_sinks_config(inner).memorized_threshold if has_sinks(inner) else None
-    if threshold is not None:
+    config = get_sinks_config(inner) if has_sinks(inner) else None
+    if config is not None and config.routes_memorized:
         raise ValueError(
-            f"The model's SinksConfig has memorized_threshold={threshold}: routing "
-            "memorized tokens trains the sinks through a second backward pass that per-example clipping does not "
-            "see, so DP-SGD's guarantee would not cover it. Add the sinks with memorized_threshold=None to train with "
-            "DP-SGD, or train without make_private to route memorized tokens.")
+            f"The model's SinksConfig has memorized_threshold={config.memorized_threshold} (the default of "
+            "placement='append'): routing memorized tokens trains the sinks through a second backward pass that "
+            "per-example clipping does not see, so DP-SGD's guarantee would not cover it. Add the sinks with "
+            "memorized_threshold=0 to train with DP-SGD, or train without make_private to route memorized tokens.")
 
 
 def check_trainer(trainer) -> None:

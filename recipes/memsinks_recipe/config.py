@@ -213,9 +213,21 @@ def check_recipe(r: Recipe) -> None:
         check_private_spans(r)
     if r.sinks.enabled:
         try:
-            memsinks.SinksConfig(placement=r.sinks.placement, **r.sinks_config)
+            sinks = memsinks.SinksConfig(placement=r.sinks.placement, **r.sinks_config)
         except (TypeError, ValueError) as err:
             raise RecipeError(f"sinks: {err}") from None
+        # what make_private, or the routed step's first forward, would refuse after loading the model
+        if r.privacy.enabled and sinks.routes_memorized:
+            raise RecipeError(f"privacy.enabled with sinks.memorized_threshold {sinks.memorized_threshold} (the "
+                              f"default of placement '{sinks.placement}'): DP-SGD cannot clip the second backward "
+                              "pass that routes memorized tokens. Add --sinks.memorized_threshold 0.")
+        smoothing = r.training.get("label_smoothing_factor") or 0
+        if smoothing and sinks.routes_memorized:
+            raise RecipeError(f"training.label_smoothing_factor={smoothing} with sinks.memorized_threshold "
+                              f"{sinks.memorized_threshold} (the default of placement '{sinks.placement}'): the "
+                              "Trainer's label smoother takes the labels from the batch, and routing memorized tokens "
+                              "needs the model to compute its own loss. Set training.label_smoothing_factor 0, or add "
+                              "--sinks.memorized_threshold 0.")
     if r.privacy.enabled:
         try:
             privacy_config(r)

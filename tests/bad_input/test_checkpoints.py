@@ -27,7 +27,7 @@ def pristine(tmp_path_factory):
     out = {}
     for placement in ("split", "append"):
         cfg = memsinks.SinksConfig(placement=placement, n_sink_units=16 if placement == "append" else None,
-                                   p_gen=0.5, routing_seed=3)
+                                   p_gen=0.5, routing_seed=3, memorized_threshold=0)
         model = memsinks.add_sinks(tiny_model("gpt2", layers=3), cfg)
         out[placement] = tmp_path_factory.mktemp(placement)
         model.save_pretrained(out[placement])
@@ -193,7 +193,8 @@ def test_a_missing_folder_is_named(tmp_path):
 def _peft_with_sinks(seed=3):
     torch.manual_seed(0)
     peft_model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj"]))
-    return memsinks.add_sinks(peft_model, memsinks.SinksConfig(placement="append", n_sink_units=16, routing_seed=seed))
+    return memsinks.add_sinks(peft_model, memsinks.SinksConfig(placement="append", n_sink_units=16, routing_seed=seed,
+                                                                  memorized_threshold=0))
 
 
 def test_a_peft_resume_with_another_sinks_config_is_refused(tmp_path):

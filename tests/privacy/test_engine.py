@@ -117,17 +117,19 @@ def test_a_private_mask_column_is_refused_naming_it(tmp_path):
     """Marked spans train the sinks through a second backward pass that per-example clipping never sees."""
     data = pattern_dataset(64)
     data = data.add_column("private_mask", [[0] * (len(r) - 2) + [1, 1] for r in data["input_ids"]])
-    model = memsinks.add_sinks(tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16))
+    model = memsinks.add_sinks(tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16,
+                                                                          memorized_threshold=0))
     with pytest.raises(ValueError, match=r"'private_mask' column.*remove_columns\('private_mask'\)"):
         memsinks.make_private(stock_trainer(model, data, tmp_path), memsinks.PrivacyConfig(noise_multiplier=1.0))
 
 
-def test_sinks_that_route_memorized_tokens_are_refused_before_training(tmp_path):
+@pytest.mark.parametrize("routing", [{"memorized_threshold": 1.0}, {}], ids=["explicit", "append-default"])
+def test_sinks_that_route_memorized_tokens_are_refused_before_training(tmp_path, routing):
     """The routing's first pass trains the sinks through a backward pass that per-example clipping never sees."""
     model = memsinks.add_sinks(tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16,
-                                                                         memorized_threshold=1.0))
+                                                                         **routing))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    with pytest.raises(ValueError, match=r"memorized_threshold=1.0.*memorized_threshold=None to train with DP-SGD"):
+    with pytest.raises(ValueError, match=r"memorized_threshold=1.0.*memorized_threshold=0 to train with DP-SGD"):
         memsinks.make_private(stock_trainer(model, pattern_dataset(64), tmp_path),
                               memsinks.PrivacyConfig(noise_multiplier=1.0))
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
@@ -136,7 +138,7 @@ def test_sinks_that_route_memorized_tokens_are_refused_before_training(tmp_path)
 def test_the_sinks_warm_up_holds_under_dp(tmp_path):
     """During the warm-up only the sinks move, though DP-SGD's gradients bypass autograd's parameter hooks."""
     model = memsinks.add_sinks(tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16,
-                                                                         sink_warmup_steps=2))
+                                                                         sink_warmup_steps=2, memorized_threshold=0))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer = memsinks.make_private(stock_trainer(model, pattern_dataset(64), tmp_path, max_steps=2),
                                     memsinks.PrivacyConfig(noise_multiplier=1.0, physical_batch_size=64))

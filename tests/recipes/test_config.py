@@ -242,6 +242,21 @@ def test_fine_tuning_rows_carry_the_id_of_their_column_and_resumption_needs_the_
         load_prepared(str(tmp_path / "prepared"), data_fingerprint(recipe))
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ([("privacy.enabled", "true"), ("privacy.noise_multiplier", "1.0")],
+     "privacy.enabled with sinks.memorized_threshold 1.0 (the default of placement 'append'): DP-SGD cannot clip"),
+    ([("training.label_smoothing_factor", "0.1")],
+     "training.label_smoothing_factor=0.1 with sinks.memorized_threshold 1.0 (the default of placement 'append')"),
+])
+def test_the_routed_append_default_is_refused_before_loading_where_training_would_refuse_it(tmp_path, overrides,
+                                                                                            message):
+    path = _finetune_config(tmp_path, tmp_path, source="embedded")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(str(path), overrides)
+    assert message in str(err.value) and "--sinks.memorized_threshold 0" in str(err.value)
+    assert load_recipe(str(path), [*overrides, ("sinks.memorized_threshold", "0")]).sinks.enabled
+
+
 # ------------------------------------------------------------------------------------------ private spans
 @pytest.mark.parametrize("overrides, message", [
     ([("privacy.enabled", "true"), ("privacy.noise_multiplier", "1.0")],
@@ -272,8 +287,10 @@ def test_marked_private_spans_are_refused_for_pretraining_and_pass_sinks_setting
     assert status == 2 and "data.mark_private_spans is for scenario 'finetune', not 'pretrain'" in err
     assert "scenario: finetune" in err and not (tmp_path / "run").exists()
     path = _finetune_config(tmp_path, tmp_path, source="embedded", mark_private_spans=True)
-    recipe = load_recipe(str(path), [("sinks.private_token_target", "batch_marginal")])
+    recipe = load_recipe(str(path), [("sinks.private_token_target", "batch_marginal"),
+                                     ("sinks.memorized_threshold", "0")])
     assert recipe.sinks_config["private_token_target"] == "batch_marginal"  # any SinksConfig field
+    assert recipe.sinks_config["memorized_threshold"] == 0
 
 
 PHONE = "5551234567"
@@ -362,7 +379,7 @@ def test_fine_tuning_rows_mark_exactly_the_digits_of_planted_numbers_and_canarie
 @pytest.mark.parametrize("family, sinks", [
     ("gpt2", memsinks.SinksConfig(placement="split", p_gen=0.5)),
     ("gpt2", memsinks.SinksConfig(placement="split", p_gen=0.5, sink_lr_scale=4)),  # stored pool divided by 4
-    ("llama", memsinks.SinksConfig(placement="append", n_sink_units=8)),
+    ("llama", memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_threshold=0)),
 ])
 def test_a_checkpoint_saved_by_parameter_name_is_rewritten_in_the_stock_layout(tmp_path, family, sinks):
     """ZeRO-3 saves parameters by name, bypassing the sinks' state_dict hooks. memsinks.from_pretrained reads

@@ -26,7 +26,8 @@ def test_lora_dp_finetune_trains_only_adapters_and_sinks_and_ships_the_base_arch
         "scenario": "finetune", "model": {"name_or_path": str(base)},
         "data": {"source": str(tmp_path / "docs.jsonl"), "id_column": "author", "window": 32, "n_train": 40,
                  "n_repeated": 4, "repeats": 2, "n_heldout": 4, "n_canaries": 1},
-        "sinks": {"n_sink_units": 8, "sink_warmup_steps": 0},  # 3 steps: a warm-up would hold the adapters still
+        # 3 steps: a warm-up would hold the adapters still; DP-SGD cannot clip the routed step
+        "sinks": {"n_sink_units": 8, "sink_warmup_steps": 0, "memorized_threshold": 0},
         "lora": {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
         "privacy": {"enabled": True, "noise_multiplier": 1.0, "privacy_unit": "sequence_id",
                     "physical_batch_size": 16},
@@ -90,7 +91,7 @@ def test_marked_private_spans_reach_the_training_forward_with_the_chosen_target(
         "scenario": "finetune", "model": {"name_or_path": str(base)},
         "data": {"source": str(docs), "window": 32, "n_train": 16, "n_repeated": 2, "repeats": 2, "n_heldout": 2,
                  "n_canaries": 1, "mark_private_spans": True},
-        "sinks": {"n_sink_units": 8, "private_token_target": "batch_marginal"},
+        "sinks": {"n_sink_units": 8, "private_token_target": "batch_marginal", "memorized_threshold": 0},
         "probes": {"enabled": False}, "export": {"enabled": False},
         "training": {"output_dir": str(out), "max_steps": 2, "per_device_train_batch_size": 4, "learning_rate": 5e-2,
                      "logging_steps": 1, "save_strategy": "no", "seed": 0},

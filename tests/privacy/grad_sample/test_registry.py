@@ -26,7 +26,7 @@ def test_subclasses_of_a_registered_type_get_its_handler():
 
 def test_a_sink_down_projection_subclass_is_served_by_placement():
     model = no_dropout(tiny_model("llama"))
-    memsinks.add_sinks(model, memsinks.SinksConfig(placement="append", n_sink_units=8))
+    memsinks.add_sinks(model, memsinks.SinksConfig(placement="append", n_sink_units=8, memorized_threshold=0))
     down = model.model.layers[0].mlp.down_proj
 
     class AppendDown(type(down)):
