@@ -126,7 +126,7 @@ def test_the_shipped_model_is_the_base_model_fine_tuned_with_the_private_tokens_
     base = build_decoder(shape, 128, seed=0, token_id=0)
     plain = copy.deepcopy(base).train()
     with_sinks = memsinks.add_sinks(copy.deepcopy(base), memsinks.SinksConfig(
-        placement="append", n_sink_units=16, memorized_threshold=0)).train()  # the default warm-up: skipped for marked batches
+        placement="append", n_sink_units=16, memorized_threshold=0)).train()  # the warm-up: skipped for marked batches
     unmasked = copy.deepcopy(base).train()
     optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0) for m in (plain, with_sinks, unmasked)]
     for step in range(4):

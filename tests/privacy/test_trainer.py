@@ -29,7 +29,7 @@ MODELS = {
     "gpt2+sinks(split)": lambda: memsinks.add_sinks(tiny_model("gpt2"), memsinks.SinksConfig(p_gen=0.5)),
     "llama+sinks(append)": lambda: memsinks.add_sinks(
         tiny_model("llama"), memsinks.SinksConfig(placement="append", n_sink_units=16, sink_lr_scale=1.0,
-                                                  sink_warmup_steps=0, memorized_threshold=0)),  # lr 1e-2 x 32: too fast
+                                                  sink_warmup_steps=0, memorized_threshold=0)),  # 1e-2 x 32: fast
 }
 
 
