@@ -31,10 +31,10 @@ PLACEMENT_DEFAULTS = {
     "split": {"sink_lr_scale": 1.0, "sink_init": None, "centered_masks": False, "sink_warmup_steps": 0,
               "memorized_threshold": 0.0},
 }
-#: Share of the blocks, counted from the top, that get sinks when ``layers="auto"`` and memorized tokens are
-#: routed: the sinks' pass then computes only those blocks and the head (``memsinks.shared_prefix``). The last
-#: third (10 of SmolLM2-135M's 30 blocks) kept the gap closed; the last sixth did not (docs/finetuning.md).
-AUTO_LAYERS_SHARE = 1 / 3
+#: ``layers="auto"`` with memorized tokens routed gives sinks to one block in this many, counted from the top
+#: (rounded up): the sinks' pass then computes only those blocks and the head (``memsinks.shared_prefix``). The
+#: last third (10 of SmolLM2-135M's 30 blocks) kept the gap closed; the last sixth did not (docs/finetuning.md).
+AUTO_LAYERS_ONE_IN = 3
 #: What a sinks_config.json written before these fields existed meant (the behaviour of that version).
 LEGACY_VALUES = {"sink_lr_scale": 1.0, "sink_init": "zero", "centered_masks": False, "sink_warmup_steps": 0,
                  "memorized_threshold": 0.0, "memorized_missed_only": False, "layers": None}
@@ -278,11 +278,11 @@ class SinksConfig(SavedConfig):
         return self.memorized_threshold > 0
 
     def auto_layers(self, n_blocks: int) -> list[int] | None:
-        """The blocks ``layers="auto"`` means in a model of ``n_blocks``: the top ``AUTO_LAYERS_SHARE`` of them
-        (rounded up) with append sinks and routing, else None (every block)."""
+        """The blocks ``layers="auto"`` means in a model of ``n_blocks``: the top 1 / ``AUTO_LAYERS_ONE_IN`` of
+        them (rounded up) with append sinks and routing, else None (every block)."""
         if self.placement != "append" or not self.routes_memorized:
             return None
-        count = max(1, math.ceil(n_blocks * AUTO_LAYERS_SHARE - 1e-9))
+        count = (n_blocks + AUTO_LAYERS_ONE_IN - 1) // AUTO_LAYERS_ONE_IN
         return list(range(n_blocks - count, n_blocks))
 
     @property
