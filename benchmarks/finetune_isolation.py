@@ -47,7 +47,7 @@ from finetune_lib import data as datasets_  # noqa: E402
 from finetune_lib import report  # noqa: E402
 from finetune_lib.evaluate import MODES_WITH_SINKS, evaluate  # noqa: E402
 from finetune_lib.settings import FinetuneSettings, differences, from_dict, to_dict  # noqa: E402
-from finetune_lib.timing import step_time_ratios  # noqa: E402
+from finetune_lib.timing import step_time_ratios, whole_run_times  # noqa: E402
 from finetune_lib.train import train_arm  # noqa: E402
 from memorization import machine_description  # noqa: E402
 from memorization_lib.data import load_text  # noqa: E402
@@ -92,6 +92,10 @@ def parse_args(argv=None):
     p.add_argument("--timing-only", action="store_true",
                    help=f"measure only the arms' step times against standard (the first seed's data) into "
                         f"--out/{TIMING_FILE}, which --report-from uses")
+    p.add_argument("--timing-run", action="store_true",
+                   help="with --timing-only: time the timed arms' whole training runs, their steps taken in turn, "
+                        "instead of --timing-steps steps on the base model (every arm trains in full; the step of the "
+                        "routing default depends on what the model has learned)")
     p.add_argument("--report-from", action="store_true",
                    help="train nothing: write the report from the partial-seed<N>.json files an interrupted run left "
                         "in --out (arms and seeds as far as it got; give the same --arms / --later-seed-arms)")
@@ -105,6 +109,10 @@ def parse_args(argv=None):
     args.seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
     if args.no_timing and args.timing_only:
         p.error("--no-timing with --timing-only would measure nothing; give one of them")
+    if args.timing_run and not args.timing_only:
+        p.error("--timing-run trains every timed arm again in lockstep; give it with --timing-only")
+    if args.timing_run and args.timing_steps is not None:
+        p.error("--timing-run times every step of the runs; --timing-steps is for the timing on the base model")
     try:
         args.arm_list = arm_registry.select([a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None)
     except ValueError as err:
@@ -299,9 +307,16 @@ def main(argv=None) -> int:
           f"seeds {seeds}", flush=True)
     if args.timing_only:
         data = datasets_.build(tokenizer, settings, general_text, seeds[0])
-        ratios = step_time_ratios(args.arm_list, base, data, tokenizer, settings, timing_steps)
-        timing = {"seed": seeds[0], "step_time_ratios": ratios, "timing_steps": timing_steps,
-                  "machine": args.machine}
+        if args.timing_run:
+            timing = {"seed": seeds[0], "timing_mode": "whole_run", "machine": args.machine,
+                      **whole_run_times(args.arm_list, base, data, tokenizer, settings, seeds[0])}
+            ratios = timing["step_time_ratios"]
+            if "quarter_ratios" in timing:
+                print(f"by quarter of the run: {timing['quarter_ratios']}")
+        else:
+            ratios = step_time_ratios(args.arm_list, base, data, tokenizer, settings, timing_steps)
+            timing = {"seed": seeds[0], "step_time_ratios": ratios, "timing_steps": timing_steps,
+                      "machine": args.machine}
         write_atomically(os.path.join(args.out, TIMING_FILE), json.dumps(timing, indent=2).encode())
         print(f"step time against standard: {ratios}")
         return 0

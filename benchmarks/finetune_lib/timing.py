@@ -1,22 +1,34 @@
 """Step time of the arms with a step-time target against standard fine-tuning, measured in one run.
 
-Training steps (forward, backward, AdamW) of the arms alternate on the same batch, rotating the
-order, so load on the machine hits every arm alike; the median step times give the ratios. The
-sinks' warm-up (``SinksConfig.sink_warmup_steps``, a few of a run's steps) is marked done first,
-so the steps timed are the ones the rest of a run takes.
+Two measurements, both alternating the arms' steps so that load on the machine hits every arm alike:
+
+- ``step_time_ratios``: a few training steps (forward, backward, AdamW) of each arm on one batch
+  of the base model, rotating the order; the median step times give the ratios. The sinks'
+  warm-up (``SinksConfig.sink_warmup_steps``, a few of a run's steps) is marked done first. The
+  weights hardly move, so a step that depends on what the model has learned (the routing default
+  computes its sinks' pass at the tokens the shipped model still misses) is timed as at the
+  start of fine-tuning.
+- ``whole_run_times``: every arm's whole training run, with the stock Trainer as the benchmark
+  trains it, each Trainer in a thread of its own and their steps taken in turn (``Lockstep``);
+  the ratio of the arms' summed step times, and of each quarter of the run.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import tempfile
+import threading
 import time
+from typing import Sequence
 
 import torch
+from transformers import TrainerCallback
 
 import memsinks
 from memsinks.warmup import PROGRESS_BUFFER
 
-from .train import _apply
+from .train import _apply, arm_trainer
 
 TIMED_ARMS = ("standard", "sinks_defaults", "sinks", "sinks_private", "sinks_private_marginal", "sinks_memorized",
               "sinks_memorized_top10", "sinks_memorized_top10_missed", "sinks_memorized_top5_missed")
@@ -76,3 +88,110 @@ def step_time_ratios(arms, base, data, tokenizer, settings, steps: int) -> dict[
                 times.append(time.perf_counter() - start)
     reference = statistics.median(runs["standard"][3])
     return {name: statistics.median(times) / reference for name, (_, _, _, times) in runs.items()}
+
+
+class Lockstep:
+    """Trainers, each in a thread of its own, take their steps in turn, one at a time, and every step is timed.
+
+    An arm's step runs from the Trainer's ``on_step_begin`` to its ``on_step_end`` (forward,
+    backward, clipping, optimizer and scheduler); it waits for the arm's turn, and ends by
+    passing the turn to the next arm still training. ``seconds[name]`` holds an arm's step
+    times in order, ``order`` the arm of every step in the order they ran.
+    """
+
+    def __init__(self, names: Sequence[str]):
+        self._turn = threading.Condition()
+        self._training = list(names)
+        self._next = 0
+        self.seconds: dict[str, list[float]] = {name: [] for name in names}
+        self.order: list[str] = []
+
+    def callback(self, name: str) -> TrainerCallback:
+        """The callback that makes the Trainer of ``name`` take its steps in turn."""
+        return _TakeTurns(self, name)
+
+    def wait(self, name: str) -> None:
+        with self._turn:
+            self._turn.wait_for(lambda: self._training[self._next] == name)
+
+    def done(self, name: str, seconds: float) -> None:
+        with self._turn:
+            self.seconds[name].append(seconds)
+            self.order.append(name)
+            self._next = (self._training.index(name) + 1) % len(self._training)
+            self._turn.notify_all()
+
+    def leave(self, name: str) -> None:
+        """``name`` takes no more steps (its run ended, or failed): the turn skips it from now on."""
+        with self._turn:
+            at = self._training.index(name)
+            self._training.remove(name)
+            if self._next > at:
+                self._next -= 1
+            self._next = self._next % len(self._training) if self._training else 0
+            self._turn.notify_all()
+
+
+class _TakeTurns(TrainerCallback):
+    def __init__(self, lockstep: Lockstep, name: str):
+        self.lockstep, self.name, self.start = lockstep, name, 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.lockstep.wait(self.name)
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.lockstep.done(self.name, time.perf_counter() - self.start)
+
+
+def _ratio(times: Sequence[float], reference: Sequence[float]) -> float:
+    return sum(times) / sum(reference)
+
+
+def _quarters(times: Sequence[float]) -> list[Sequence[float]]:
+    """``times`` cut into four consecutive parts as equal in length as they can be."""
+    n = len(times)
+    return [times[n * i // 4:n * (i + 1) // 4] for i in range(4)]
+
+
+def whole_run_times(arms, base, data, tokenizer, settings, seed: int) -> dict:
+    """The timed arms' whole training runs in lockstep: ``step_time_ratios`` (each arm's summed step time over
+    ``standard``'s), ``quarter_ratios`` (the same over each quarter of the run's steps), ``steps`` and ``seconds``.
+
+    Raises RuntimeError, from the first arm's error, when an arm's training fails (the others run to their end).
+    """
+    chosen = [a for a in arms if a.name in TIMED_ARMS]
+    if not any(a.name == "standard" for a in chosen) or len(chosen) < 2:
+        return {"step_time_ratios": {}}
+    lockstep = Lockstep([a.name for a in chosen])
+    threads = torch.get_num_threads()
+    errors: dict[str, BaseException] = {}
+    with tempfile.TemporaryDirectory() as out:
+        trainers = {a.name: arm_trainer(a, base, data, tokenizer, settings, seed, os.path.join(out, a.name),
+                                        [lockstep.callback(a.name)])[0] for a in chosen}
+
+        def train(name: str) -> None:
+            torch.set_num_threads(threads)  # a new thread starts with the library's default
+            try:
+                trainers[name].train()
+            except BaseException as err:  # noqa: B036 - re-raised in the calling thread
+                errors[name] = err
+            finally:
+                lockstep.leave(name)
+
+        workers = [threading.Thread(target=train, args=(name,), name=f"timed-{name}") for name in trainers]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    if errors:
+        name, err = next(iter(errors.items()))
+        raise RuntimeError(f"Timing the whole runs: arm {name!r} failed in training: {err}") from err
+    times, reference = lockstep.seconds, lockstep.seconds["standard"]
+    return {
+        "step_time_ratios": {name: _ratio(t, reference) for name, t in times.items()},
+        "quarter_ratios": {name: [_ratio(q, r) for q, r in zip(_quarters(t), _quarters(reference))]
+                           for name, t in times.items()},
+        "steps": {name: len(t) for name, t in times.items()},
+        "seconds": {name: sum(t) for name, t in times.items()},
+    }

@@ -110,24 +110,30 @@ class DecayToBase(TrainerCallback):
             self.handle.remove()
 
 
-def train_arm(arm, base, data, tokenizer, settings, seed: int) -> tuple[torch.nn.Module, dict]:
-    """(the fine-tuned model, training statistics: tokens/s, steps, final loss, private-mask coverage)."""
+def arm_trainer(arm, base, data, tokenizer, settings, seed: int, output_dir: str, callbacks=()):
+    """(trainer, model, dataset) of the arm: ``model`` a copy of ``base`` changed as the arm says, ``dataset`` the
+    arm's rows, ``trainer`` the stock Trainer (made private for DP) with the run's steps and learning rate."""
     model = _apply(arm, base, settings)
     ds = training_dataset(data, tokenizer, arm)
-    length = training_length(data, settings, arm)
+    args = experiment_arguments(output_dir, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+                                seed=seed, warmup_steps=0, lr_scheduler_type="linear", logging_steps=10**9,
+                                **training_length(data, settings, arm))
+    wrap = None
+    if arm.goldfish:
+        wrap = functools.partial(GoldfishCollator, k=settings.goldfish_k, h=settings.goldfish_h)
+    callbacks = list(callbacks) + ([DecayToBase(arm.decay_to_base)] if arm.decay_to_base else [])
+    trainer = sinks_trainer(model, args, ds, tokenizer, wrap_collator=wrap, callbacks=callbacks or None)
+    if arm.dp:
+        trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(
+            target_epsilon=settings.dp_epsilon, max_grad_norm=settings.dp_max_grad_norm,
+            privacy_unit="sequence_id", physical_batch_size=max(settings.batch_size, settings.headline_repeats)))
+    return trainer, model, ds
+
+
+def train_arm(arm, base, data, tokenizer, settings, seed: int) -> tuple[torch.nn.Module, dict]:
+    """(the fine-tuned model, training statistics: tokens/s, steps, final loss, private-mask coverage)."""
     with tempfile.TemporaryDirectory() as out:
-        args = experiment_arguments(out, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-                                    seed=seed, warmup_steps=0, lr_scheduler_type="linear", logging_steps=10**9,
-                                    **length)
-        wrap = None
-        if arm.goldfish:
-            wrap = functools.partial(GoldfishCollator, k=settings.goldfish_k, h=settings.goldfish_h)
-        callbacks = [DecayToBase(arm.decay_to_base)] if arm.decay_to_base else None
-        trainer = sinks_trainer(model, args, ds, tokenizer, wrap_collator=wrap, callbacks=callbacks)
-        if arm.dp:
-            trainer = memsinks.make_private(trainer, memsinks.PrivacyConfig(
-                target_epsilon=settings.dp_epsilon, max_grad_norm=settings.dp_max_grad_norm,
-                privacy_unit="sequence_id", physical_batch_size=max(settings.batch_size, settings.headline_repeats)))
+        trainer, model, ds = arm_trainer(arm, base, data, tokenizer, settings, seed, out)
         start = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - start
