@@ -15,7 +15,8 @@ the members' secret loss against held-out records' (the gap), with the sinks dro
 record's own sinks and in another record's (placebo); greedy extraction; exposure; the task
 learned (held-out records' other tokens); general text (``--general-text``: tiny Shakespeare
 beside the checkout, else the embedded stories); step time against standard fine-tuning,
-measured by alternating steps in one run. Writes
+measured by alternating steps in one run (``--timing-only --timing-run``: over the arms' whole
+training runs, their steps in turn; ``finetune_lib.timing``). Writes
 ``results.json``, ``results.md`` and ``tradeoff.png`` into DIR.
 
 ``--members people`` changes what repeats: a member of a group is then a person whose secret

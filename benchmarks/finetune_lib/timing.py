@@ -156,7 +156,8 @@ def _quarters(times: Sequence[float]) -> list[Sequence[float]]:
 
 def whole_run_times(arms, base, data, tokenizer, settings, seed: int) -> dict:
     """The timed arms' whole training runs in lockstep: ``step_time_ratios`` (each arm's summed step time over
-    ``standard``'s), ``quarter_ratios`` (the same over each quarter of the run's steps), ``steps`` and ``seconds``.
+    ``standard``'s), ``quarter_ratios`` (the same over each quarter of the run's steps), ``steps``, ``seconds`` and
+    ``train_loss`` (the Trainer's, to compare with the arm's row of a benchmark run: the same model was trained).
 
     Raises RuntimeError, from the first arm's error, when an arm's training fails (the others run to their end).
     """
@@ -166,6 +167,7 @@ def whole_run_times(arms, base, data, tokenizer, settings, seed: int) -> dict:
     lockstep = Lockstep([a.name for a in chosen])
     threads = torch.get_num_threads()
     errors: dict[str, BaseException] = {}
+    losses: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as out:
         trainers = {a.name: arm_trainer(a, base, data, tokenizer, settings, seed, os.path.join(out, a.name),
                                         [lockstep.callback(a.name)])[0] for a in chosen}
@@ -173,7 +175,7 @@ def whole_run_times(arms, base, data, tokenizer, settings, seed: int) -> dict:
         def train(name: str) -> None:
             torch.set_num_threads(threads)  # a new thread starts with the library's default
             try:
-                trainers[name].train()
+                losses[name] = trainers[name].train().training_loss
             except BaseException as err:  # noqa: B036 - re-raised in the calling thread
                 errors[name] = err
             finally:
@@ -194,4 +196,5 @@ def whole_run_times(arms, base, data, tokenizer, settings, seed: int) -> dict:
                            for name, t in times.items()},
         "steps": {name: len(t) for name, t in times.items()},
         "seconds": {name: sum(t) for name, t in times.items()},
+        "train_loss": losses,
     }

@@ -5,8 +5,12 @@ model: not the science)."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+import threading
+import time
+import types
 
 import pytest
 
@@ -34,10 +38,123 @@ def test_later_seeds_can_run_apart_and_a_run_that_would_measure_nothing_is_refus
 
     assert finetune_isolation.parse_args(["--first-seed", "1", "--seeds", "2", "--out", "x"]).seed_list == [1, 2]
     for argv, message in ((["--first-seed", "-1"], "--first-seed must be >= 0"),
-                          (["--no-timing", "--timing-only"], "would measure nothing")):
+                          (["--no-timing", "--timing-only"], "would measure nothing"),
+                          (["--timing-run"], "give it with --timing-only"),
+                          (["--timing-only", "--timing-run", "--timing-steps", "4"], "every step of the runs")):
         with pytest.raises(SystemExit):
             finetune_isolation.parse_args([*argv, "--out", "x"])
         assert message in capsys.readouterr().err
+
+
+class _StepsInTurn:
+    """A stand-in Trainer: ``steps`` steps through its callbacks as the stock Trainer calls them, each written into
+    ``ran`` while it holds the turn; raises at step ``fail_at``."""
+
+    def __init__(self, name: str, steps: int, callbacks, ran: list, fail_at: int | None = None):
+        self.name, self.steps, self.callbacks, self.ran, self.fail_at = name, steps, callbacks, ran, fail_at
+
+    def train(self):
+        for step in range(self.steps):
+            if step == self.fail_at:
+                raise ValueError("a broken batch")
+            for callback in self.callbacks:
+                callback.on_step_begin(None, None, None)
+            self.ran.append(self.name)
+            time.sleep(0.002)
+            for callback in self.callbacks:
+                callback.on_step_end(None, None, None)
+        return types.SimpleNamespace(training_loss=0.5 * self.steps)
+
+
+def _whole_runs(monkeypatch, steps: dict, fail: dict | None = None):
+    """(``whole_run_times`` over stand-in Trainers taking ``steps[arm]`` steps, the arms' steps in the order they ran);
+    fails the test instead of hanging if the turns deadlock."""
+    from finetune_lib import timing
+
+    ran: list = []
+
+    def trainer(arm, base, data, tokenizer, settings, seed, output_dir, callbacks):
+        return _StepsInTurn(arm.name, steps[arm.name], callbacks, ran, (fail or {}).get(arm.name)), None, None
+
+    monkeypatch.setattr(timing, "arm_trainer", trainer)
+    result: dict = {}
+
+    def run():
+        try:
+            result["times"] = timing.whole_run_times(arms.select(list(steps)), None, None, None, None, seed=0)
+        except RuntimeError as err:
+            result["error"] = err
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the arms' turns deadlocked"
+    return result, ran
+
+
+def test_the_whole_runs_take_their_steps_in_turn_and_an_arm_that_ends_early_leaves_the_rotation(monkeypatch):
+    result, ran = _whole_runs(monkeypatch, {"standard": 5, "sinks_defaults": 5, "sinks": 2})
+    assert ran == ["standard", "sinks_defaults", "sinks"] * 2 + ["standard", "sinks_defaults"] * 3
+    times = result["times"]
+    assert times["steps"] == {"standard": 5, "sinks_defaults": 5, "sinks": 2}
+    for name, seconds in times["seconds"].items():
+        assert times["step_time_ratios"][name] == pytest.approx(seconds / times["seconds"]["standard"])
+        assert len(times["quarter_ratios"][name]) == 4
+    assert times["quarter_ratios"]["standard"] == [1.0] * 4
+    assert times["train_loss"] == {"standard": 2.5, "sinks_defaults": 2.5, "sinks": 1.0}
+
+
+def test_an_arm_that_fails_while_timed_is_named_and_the_others_run_to_their_end(monkeypatch):
+    result, ran = _whole_runs(monkeypatch, {"standard": 4, "sinks_defaults": 4}, fail={"sinks_defaults": 1})
+    assert "'sinks_defaults' failed in training: a broken batch" in str(result["error"])
+    assert ran == ["standard", "sinks_defaults", "standard", "standard", "standard"]
+
+
+def test_the_whole_run_timing_trains_each_arm_with_the_stock_trainer_through_every_step_of_its_run(tmp_path):
+    from finetune_lib.settings import FinetuneSettings
+
+    _main(["--quick", "--timing-only", "--timing-run", "--arms", "sinks", "--out", str(tmp_path)])
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    quick = FinetuneSettings.quick()
+    rows = sum(repeats * n for repeats, n in quick.groups.items()) + quick.n_background
+    steps = math.ceil(quick.epochs * math.ceil(rows / quick.batch_size))
+    assert timing["timing_mode"] == "whole_run" and timing["steps"] == {"standard": steps, "sinks": steps}
+    assert timing["step_time_ratios"]["sinks"] == pytest.approx(timing["seconds"]["sinks"] / timing["seconds"]["standard"])
+    assert timing["train_loss"]["sinks"] > 0 and timing["train_loss"]["standard"] > 0
+
+
+def test_the_arms_timed_in_lockstep_train_the_same_models_as_the_benchmark_trains_one_after_another():
+    import torch
+
+    from finetune_lib import base as bases
+    from finetune_lib import data as datasets_
+    from finetune_lib.settings import FinetuneSettings
+    from finetune_lib.timing import whole_run_times
+    from finetune_lib.train import train_arm
+    from memorization_lib.data import load_text
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        settings = FinetuneSettings.quick(tiny_pretrain_steps=10)
+        text, _ = load_text(None, 50_000)
+        base, tokenizer, _ = bases.tiny_stand_in(text, settings.tiny_pretrain_steps)
+        data = datasets_.build(tokenizer, settings, text, 0)
+        chosen = arms.select(["sinks_defaults"])
+        timed = whole_run_times(chosen, base, data, tokenizer, settings, seed=0)
+        alone = {arm.name: train_arm(arm, base, data, tokenizer, settings, seed=0)[1]["train_loss"] for arm in chosen}
+    finally:
+        torch.set_num_threads(threads)
+    assert timed["train_loss"] == alone
+
+
+@pytest.mark.parametrize("n", [4, 7, 81])
+def test_the_quarters_of_a_run_cover_every_step_once_in_order(n):
+    from finetune_lib.timing import _quarters
+
+    parts = _quarters(list(range(n)))
+    assert len(parts) == 4 and [i for part in parts for i in part] == list(range(n))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
 def test_gap_closed_is_measured_against_standard_of_the_same_seed():
