@@ -118,7 +118,8 @@ class ForwardWithSequenceIds:
             head = _output_layer(model) if router.config.memorized_missed_only else None
             return forward_with_memorized_tokens(run, kwargs, sink_slices(model), model, drop, own, threshold,
                                                  self.routed, private_mask, unseen, _blocks_below_sinks(model, router),
-                                                 missed_only_head=head)
+                                                 missed_only_head=head,
+                                                 shared_frozen=self.warmup is not None and self.warmup.active)
         if training and private_mask is not None:
             marginal = router.config.private_token_target == "batch_marginal"
             return forward_with_private_tokens(run, kwargs, private_mask, sink_slices(model), model, drop, own,

@@ -39,6 +39,11 @@ When the sinks sit only in the upper blocks (``SinksConfig.layers``), pass 2 run
 the blocks below the lowest sink block compute once: the sinks' passes replay their outputs
 (``memsinks.shared_prefix``) and cost only the blocks above and the head.
 
+During the sinks' warm-up (``SinksConfig.sink_warmup_steps``) no parameter outside the sinks
+learns, so pass 2 runs without gradient: its losses are still needed (which tokens are missed,
+the loss returned), its backward is not. Those parameters get a zero gradient instead, as the
+warm-up's hooks would have left them.
+
 The returned loss is each labelled token's loss as it was trained (``l_on`` for the routed
 ones, ``l_drop`` for the rest), summed and divided by ``num_items_in_batch`` when the Trainer
 passes it, else by the batch's labelled tokens. Marked ``private_mask`` tokens are routed too.
@@ -102,6 +107,7 @@ def forward_with_memorized_tokens(
     unseen_sinks: Callable[[], None] | None = None,
     prefix: Sequence[nn.Module] = (),
     missed_only_head: nn.Module | None = None,
+    shared_frozen: bool = False,
 ):
     """The training forward that routes memorized tokens to the sinks (see the module docstring).
 
@@ -126,6 +132,10 @@ def forward_with_memorized_tokens(
         missed_only_head: the model's output layer, for ``SinksConfig.memorized_missed_only``: pass 2 runs
             first and the sinks' passes compute this layer and their loss only at the tokens that could be
             routed (``missed_tokens``). None: the sinks' passes score every labelled token.
+        shared_frozen: no parameter outside the sinks learns from this batch (the sinks' warm-up, which
+            zeroes their gradients): pass 2 then runs without gradient, which saves its backward, and
+            each of those parameters gets a zero gradient, as the warm-up would have left it (Adam's step
+            count and the clipping norm see what they would have seen).
     """
     labels = kwargs.get("labels")
     if labels is None:
@@ -138,7 +148,7 @@ def forward_with_memorized_tokens(
     if kwargs.get("return_dict") is False:  # both passes need the output's fields; the caller gets its tuple back
         return forward_with_memorized_tokens(run_forward, {**kwargs, "return_dict": True}, slices, model, drop_sinks,
                                              own_sinks, threshold, count, private_mask, unseen_sinks,
-                                             prefix, missed_only_head).to_tuple()
+                                             prefix, missed_only_head, shared_frozen).to_tuple()
     slices = [s for s in slices if s.param.requires_grad]
     if not slices:
         raise ValueError(
@@ -152,7 +162,8 @@ def forward_with_memorized_tokens(
     shipped_losses: list = []
 
     def shipped_pass():
-        out = run_forward(**bare)
+        with torch.no_grad() if shared_frozen else contextlib.nullcontext():
+            out = run_forward(**bare)
         shipped_losses.extend(token_losses(out.logits, labels))
         return out
 
@@ -201,7 +212,9 @@ def forward_with_memorized_tokens(
     routed_value = (losses_on * routed).sum() / total
     count.routed += int(routed.sum())
     count.labelled += n_labelled
-    out.loss = AddSinkGradients.apply(loss_public, routed_value, len(grads), *grads, *params)
+    sinks = {id(p) for p in params}
+    zeroed = [p for p in model.parameters() if p.requires_grad and id(p) not in sinks] if shared_frozen else []
+    out.loss = AddSinkGradients.apply(loss_public, routed_value, len(grads), *grads, *params, *zeroed)
     return out
 
 

@@ -66,21 +66,27 @@ IGNORE_INDEX = -100
 class AddSinkGradients(torch.autograd.Function):
     """``loss_public + private_value`` whose backward also hands ``grads`` to ``params``.
 
-    Forward: (public loss, private loss value, *grads, *params) -> scalar. Backward: the
-    incoming gradient goes to the public loss unchanged, and ``g * grad_i`` to each sink
-    parameter (the private pass's gradient, scaled as the public part is).
+    Forward: (public loss, private loss value, n, *grads, *params, *zeroed) -> scalar, ``n``
+    grads for the first ``n`` params. Backward: the incoming gradient goes to the public loss
+    unchanged, ``g * grad_i`` to each sink parameter (the private pass's gradient, scaled as the
+    public part is), and a zero gradient to each of ``zeroed``: the parameters that learn nothing
+    from this batch when the public loss was computed without gradient (the sinks' warm-up).
     """
 
     @staticmethod
     def forward(ctx, loss_public, private_value, n, *grads_and_params):
         ctx.n = n
+        ctx.n_params = len(grads_and_params) - n
         ctx.save_for_backward(*grads_and_params[:n])
+        ctx.zeroed = [(p.shape, p.dtype, p.device) for p in grads_and_params[2 * n:]]
         return loss_public + private_value
 
     @staticmethod
     def backward(ctx, grad_out):
         grads = ctx.saved_tensors
-        return (grad_out, None, None) + (None,) * ctx.n + tuple(grad_out * g for g in grads)
+        zeros = tuple(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.zeroed)
+        public = grad_out if ctx.needs_input_grad[0] else None
+        return (public, None, None) + (None,) * ctx.n + tuple(grad_out * g for g in grads) + zeros
 
 
 @contextlib.contextmanager

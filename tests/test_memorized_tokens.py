@@ -350,3 +350,37 @@ def test_the_append_defaults_route_in_the_upper_third_exact_at_step_zero_with_si
         model(x, labels=x, sequence_ids=ids).loss.backward()
     assert below.grad.abs().sum() > 0  # then the shipped pass trains the blocks below the sinks
     assert model.forward.routed.labelled > 0  # through the routed step
+
+
+def test_in_the_warm_up_the_shipped_pass_skips_its_backward_and_only_the_sinks_learn():
+    """During the sinks' warm-up no shared parameter learns, so the routed step's shipped pass runs without gradient:
+    nothing is backpropagated through it, every shared parameter gets exactly zero gradient (not None: the optimizer
+    and the clipping norm see the step as before), and the sinks get the gradient they get when every shared
+    parameter is frozen."""
+    shape = DecoderShape(family="llama", n_layer=6, n_embd=32, n_head=2, intermediate=64, n_kv_heads=1, dropout=0.0)
+    base = build_decoder(shape, 128, seed=0, token_id=0)
+    warm = memsinks.add_sinks(copy.deepcopy(base), memsinks.SinksConfig(placement="append", n_sink_units=16)).train()
+    frozen = memsinks.add_sinks(copy.deepcopy(base), memsinks.SinksConfig(placement="append", n_sink_units=16,
+                                                                          sink_warmup_steps=0)).train()
+    pieces = sink_pieces(frozen)
+    for name, p in frozen.named_parameters():
+        p.requires_grad_(pieces[name] is not None)
+    x, ids = token_batch(shape=(2, 12), seed=0), torch.tensor([5, 6])
+    backward_calls = []
+    warm.model.layers[0].register_full_backward_hook(lambda *_: backward_calls.append(1))
+    loss = warm(x, labels=x, sequence_ids=ids).loss
+    loss.backward()
+    reference = frozen(x, labels=x, sequence_ids=ids).loss
+    reference.backward()
+    assert not backward_calls and torch.equal(loss.detach(), reference.detach())
+    sinks = dict(frozen.named_parameters())
+    for name, p in warm.named_parameters():
+        if pieces[name] is None:
+            assert p.grad is not None and not p.grad.any(), name
+        else:
+            assert torch.equal(p.grad, sinks[name].grad), name
+    assert any(p.grad.any() for name, p in warm.named_parameters() if pieces[name] is not None)
+    for _ in range(memsinks.get_sinks_config(warm).sink_warmup_steps):
+        warm.zero_grad()
+        warm(x, labels=x, sequence_ids=ids).loss.backward()
+    assert backward_calls and warm.model.layers[0].mlp.down_proj.weight.grad.abs().sum() > 0
