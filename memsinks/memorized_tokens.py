@@ -156,6 +156,10 @@ def forward_with_memorized_tokens(
             "could take the memorized tokens. Make the sinks trainable (with peft, call memsinks.add_sinks after "
             "get_peft_model), or set memorized_threshold=0.")
     params = [s.param for s in slices]
+    sinks = {id(p) for p in params}
+    zeroed = [p for p in model.parameters() if p.requires_grad and id(p) not in sinks] if shared_frozen else []
+    if any(p.numel() == 0 for p in zeroed):  # partitioned away (DeepSpeed ZeRO-3): only a backward fills their shape
+        shared_frozen, zeroed = False, []
     given = kwargs.get("num_items_in_batch")
     bare = {**kwargs, "labels": None}
     marked = None if private_mask is None else private_mask[:, 1:].to(labels.device)
@@ -212,8 +216,6 @@ def forward_with_memorized_tokens(
     routed_value = (losses_on * routed).sum() / total
     count.routed += int(routed.sum())
     count.labelled += n_labelled
-    sinks = {id(p) for p in params}
-    zeroed = [p for p in model.parameters() if p.requires_grad and id(p) not in sinks] if shared_frozen else []
     out.loss = AddSinkGradients.apply(loss_public, routed_value, len(grads), *grads, *params, *zeroed)
     return out
 

@@ -76,17 +76,15 @@ class AddSinkGradients(torch.autograd.Function):
     @staticmethod
     def forward(ctx, loss_public, private_value, n, *grads_and_params):
         ctx.n = n
-        ctx.n_params = len(grads_and_params) - n
-        ctx.save_for_backward(*grads_and_params[:n])
-        ctx.zeroed = [(p.shape, p.dtype, p.device) for p in grads_and_params[2 * n:]]
+        ctx.save_for_backward(*grads_and_params[:n], *grads_and_params[2 * n:])
         return loss_public + private_value
 
     @staticmethod
     def backward(ctx, grad_out):
-        grads = ctx.saved_tensors
-        zeros = tuple(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.zeroed)
+        grads, zeroed = ctx.saved_tensors[:ctx.n], ctx.saved_tensors[ctx.n:]
         public = grad_out if ctx.needs_input_grad[0] else None
-        return (public, None, None) + (None,) * ctx.n + tuple(grad_out * g for g in grads) + zeros
+        return ((public, None, None) + (None,) * ctx.n + tuple(grad_out * g for g in grads)
+                + tuple(torch.zeros_like(p) for p in zeroed))
 
 
 @contextlib.contextmanager

@@ -384,3 +384,17 @@ def test_in_the_warm_up_the_shipped_pass_skips_its_backward_and_only_the_sinks_l
         warm.zero_grad()
         warm(x, labels=x, sequence_ids=ids).loss.backward()
     assert backward_calls and warm.model.layers[0].mlp.down_proj.weight.grad.abs().sum() > 0
+
+
+def test_in_the_warm_up_a_parameter_partitioned_away_keeps_the_shipped_backward():
+    """A trainable parameter with no elements at the forward's end (DeepSpeed ZeRO-3 leaves its partitioned
+    parameters so) could not be given a zero gradient of its real shape: the step keeps the shipped pass's backward."""
+    shape = DecoderShape(family="llama", n_layer=3, n_embd=32, n_head=2, intermediate=64, n_kv_heads=1, dropout=0.0)
+    model = memsinks.add_sinks(build_decoder(shape, 128, seed=0, token_id=0),
+                               memsinks.SinksConfig(placement="append", n_sink_units=16)).train()
+    model.model.layers[0].register_parameter("partitioned", torch.nn.Parameter(torch.empty(0)))
+    backward_calls = []
+    model.model.layers[0].register_full_backward_hook(lambda *_: backward_calls.append(1))
+    x, ids = token_batch(shape=(2, 12), seed=0), torch.tensor([5, 6])
+    model(x, labels=x, sequence_ids=ids).loss.backward()
+    assert backward_calls and not model.model.layers[0].mlp.down_proj.weight.grad.any()  # the warm-up's hooks
