@@ -96,7 +96,7 @@ class Lockstep:
     An arm's step runs from the Trainer's ``on_step_begin`` to its ``on_step_end`` (forward,
     backward, clipping, optimizer and scheduler); it waits for the arm's turn, and ends by
     passing the turn to the next arm still training. ``seconds[name]`` holds an arm's step
-    times in order, ``order`` the arm of every step in the order they ran.
+    times in order.
     """
 
     def __init__(self, names: Sequence[str]):
@@ -104,7 +104,6 @@ class Lockstep:
         self._training = list(names)
         self._next = 0
         self.seconds: dict[str, list[float]] = {name: [] for name in names}
-        self.order: list[str] = []
 
     def callback(self, name: str) -> TrainerCallback:
         """The callback that makes the Trainer of ``name`` take its steps in turn."""
@@ -117,7 +116,6 @@ class Lockstep:
     def done(self, name: str, seconds: float) -> None:
         with self._turn:
             self.seconds[name].append(seconds)
-            self.order.append(name)
             self._next = (self._training.index(name) + 1) % len(self._training)
             self._turn.notify_all()
 
@@ -133,6 +131,8 @@ class Lockstep:
 
 
 class _TakeTurns(TrainerCallback):
+    """One arm's side of a ``Lockstep``: its Trainer's steps wait for the arm's turn and are timed."""
+
     def __init__(self, lockstep: Lockstep, name: str):
         self.lockstep, self.name, self.start = lockstep, name, 0.0
 
@@ -165,7 +165,6 @@ def whole_run_times(arms, base, data, tokenizer, settings, seed: int) -> dict:
     if not any(a.name == "standard" for a in chosen) or len(chosen) < 2:
         return {"step_time_ratios": {}}
     lockstep = Lockstep([a.name for a in chosen])
-    threads = torch.get_num_threads()
     errors: dict[str, BaseException] = {}
     losses: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as out:
@@ -173,7 +172,6 @@ def whole_run_times(arms, base, data, tokenizer, settings, seed: int) -> dict:
                                         [lockstep.callback(a.name)])[0] for a in chosen}
 
         def train(name: str) -> None:
-            torch.set_num_threads(threads)  # a new thread starts with the library's default
             try:
                 losses[name] = trainers[name].train().training_loss
             except BaseException as err:  # noqa: B036 - re-raised in the calling thread
