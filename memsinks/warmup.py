@@ -13,7 +13,9 @@ checkpoints and a resumed run does not warm up again (stock transformers, loadin
 checkpoint, reports this scalar as an unexpected key and ignores it). Zeroing is done by gradient hooks,
 installed at the first training forward and removed when the warm-up ends; they work under
 gradient checkpointing, DDP and gradient accumulation alike. Under DP-SGD (``memsinks.make_private``)
-the noisy gradients of the shared parameters are zeroed before each update instead. The count
+the noisy gradients of the shared parameters are zeroed before each update instead. The step that routes
+memorized tokens (``memsinks.memorized_tokens``) does not compute those gradients at all while
+warming up: its shipped pass runs without gradient and the shared parameters get zeros. The count
 is of forward passes: with gradient accumulation, or a DP-SGD batch split into physical
 batches, one optimizer step counts several. Under Adam the zeroed parameters'
 moments stay zero meanwhile, so their first steps after the warm-up are smaller than usual; an
